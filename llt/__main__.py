@@ -1,0 +1,7 @@
+"""`python -m llt ...` is the same as the `llt` command."""
+
+import sys
+
+from llt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,73 @@
+"""The `llt` command: one subcommand per job.
+
+    llt encode --help      user data -> token shards
+    llt inspect PATH       counts, length histogram, decoded samples with trained tokens marked
+    llt verify PATH        checksums, headers, id ranges of every shard
+    llt quickstart         the README's first command: a small end-to-end run, offline
+"""
+
+from __future__ import annotations
+
+import sys
+
+from llt.errors import LltError
+
+USAGE = __doc__.split("\n\n", 1)[1]
+
+
+def _encode(argv: list[str]) -> int:
+    from transformers import HfArgumentParser
+
+    from llt.data.config import EncodeArgs
+    from llt.data.encode import run_encode
+    from llt.data.manifest import describe
+
+    parser = HfArgumentParser(EncodeArgs, prog="llt encode",
+                              description="Tokenize user data into llt shards.")
+    (args,) = parser.parse_args_into_dataclasses(argv)
+    manifest = run_encode(args)
+    from pathlib import Path
+
+    print(describe(manifest, Path(args.output_path) / args.corpus_name))
+    return 0
+
+
+def _inspect(argv: list[str]) -> int:
+    from llt.data.inspect import inspect_main
+
+    return inspect_main(argv)
+
+
+def _verify(argv: list[str]) -> int:
+    from llt.data.inspect import verify_main
+
+    return verify_main(argv)
+
+
+def _quickstart(argv: list[str]) -> int:
+    from llt.quickstart import main
+
+    return main(argv)
+
+
+COMMANDS = {"encode": _encode, "inspect": _inspect, "verify": _verify, "quickstart": _quickstart}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: llt COMMAND [ARGS]\n\n" + USAGE, file=sys.stderr if argv else sys.stdout)
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except LltError as e:
+        print(f"llt {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"llt {argv[0]}: interrupted; nothing was left under a final shard name",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""`EncodeArgs`: every `llt encode` flag, typed and documented where it is declared.
+
+The seed's flags keep their names and meaning (`--tokenizer_path`, `--data_loader_path`,
+`--corpus_name`, `--encode_type`, `--output_path`, `--max_length`, `--merge_data`,
+`--save_dtype`, `--tokens_per_file`); the rest are new.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from llt.errors import LltError
+
+
+def _help(text: str, **kw) -> dict:
+    return {"metadata": {"help": text}, **kw}
+
+
+@dataclass
+class EncodeArgs:
+    """Arguments of `llt encode`."""
+
+    tokenizer_path: str = field(**_help("HF tokenizer folder (tokenizer.json or slow files)."))
+    output_path: str = field(**_help("Folder under which `<corpus_name>/` is written."))
+    corpus_name: str = field(**_help(
+        "Name of this corpus: shards are written as `<output_path>/<corpus_name>/<corpus_name>_<i>.bin/.idx`."))
+    data_loader_path: str | None = field(default=None, **_help(
+        "A Python file defining `data_loader()`, a generator yielding a `str` per document "
+        "(pretrain), `{\"q\": str, \"a\": str}` (qa) or `{\"messages\": [...]}` (chat)."))
+    input_path: list[str] = field(default_factory=list, **_help(
+        "Data files or folders: .jsonl/.json/.parquet/.csv/.tsv, or a HF `datasets` folder "
+        "saved with save_to_disk. Several may be given."))
+    encode_type: Literal["pretrain", "qa", "chat"] = field(default="pretrain", **_help(
+        "pretrain: text, loss on every token; qa: question/answer pairs, loss on the answer "
+        "and EOS; chat: multi-turn `messages`, loss on assistant turns."))
+    max_length: int = field(default=2048, **_help(
+        "Tokens per sample: pretrain text is cut into samples of this length; longer qa/chat "
+        "samples are handled by --overlong; --merge_data packs up to this length."))
+    merge_data: bool = field(default=False, **_help(
+        "Pack qa/chat samples into max_length bins (best-fit decreasing); document "
+        "boundaries are kept so packed samples never attend to each other. pretrain text is "
+        "always packed (documents joined with EOS and cut at max_length)."))
+    save_dtype: Literal["auto", "int16", "int32", "uint16", "uint32"] = field(default="auto", **_help(
+        "Token id width on disk. auto: 2 bytes when every id fits in uint16, else 4. "
+        "int16/int32 are the seed's names for 2 and 4 bytes."))
+    tokens_per_file: float = field(default=5e8, **_help(
+        "Roll to a new shard once a shard holds this many tokens (a sample never spans "
+        "two shards). Each worker writes its own shards. Accepts 5e8."))
+    text_field: str = field(default="text", **_help("Field holding the text (pretrain)."))
+    q_field: str = field(default="q", **_help("Field holding the question (qa)."))
+    a_field: str = field(default="a", **_help("Field holding the answer (qa)."))
+    messages_field: str = field(default="messages", **_help(
+        "Field holding the list of {role, content} messages (chat)."))
+    split: str = field(default="train", **_help("Split to read from a HF DatasetDict folder."))
+    qa_template: Literal["plain", "chat"] = field(default="plain", **_help(
+        "plain: question ids + answer ids + EOS (the seed's format); chat: render each pair "
+        "as a user/assistant conversation with the tokenizer's chat template."))
+    overlong: Literal["drop", "truncate"] = field(default="drop", **_help(
+        "qa/chat samples longer than max_length: drop them, or keep the first max_length "
+        "tokens (dropped anyway if no trained token remains). Both are counted."))
+    strict: bool = field(default=False, **_help(
+        "Stop on empty records (empty text, empty answer, no assistant turn) instead of "
+        "skipping and counting them."))
+    num_workers: int = field(default=0, **_help("Worker processes; 0 = one per available core."))
+    batch_size: int = field(default=1000, **_help("Records tokenized per batch call."))
+    overwrite: bool = field(default=False, **_help(
+        "Replace a finished corpus of the same name (it is removed only once the new one "
+        "is complete)."))
+
+    def __post_init__(self) -> None:
+        if not self.data_loader_path and not self.input_path:
+            raise LltError("give the data with --data_loader_path FILE.py or --input_path FILE...")
+        if self.max_length < 1:
+            raise LltError(f"--max_length must be positive, got {self.max_length}")
+        if self.tokens_per_file < 1:
+            raise LltError(f"--tokens_per_file must be positive, got {self.tokens_per_file}")
+        if not self.corpus_name or "/" in self.corpus_name or self.corpus_name.startswith("."):
+            raise LltError(f"--corpus_name {self.corpus_name!r} must be a plain folder name")
+        if self.num_workers < 0 or self.batch_size < 1:
+            raise LltError("--num_workers must be >= 0 and --batch_size >= 1")

@@ -1,0 +1,122 @@
+"""The per-corpus manifest, `summary.json`: what was encoded, how, and each file's checksum.
+
+It is written last (under a temporary name, then renamed), so its presence means the
+corpus is complete; `llt verify` checks every shard against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from llt.data.samples import EncodeStats
+from llt.data.tokenizer import TokenizerInfo
+from llt.errors import LltError
+
+MANIFEST = "summary.json"
+MANIFEST_VERSION = 1
+
+
+def summarize(stats: EncodeStats, seconds: float) -> dict:
+    """The closing figures of an encode, as stored and printed."""
+    out = asdict(stats)
+    out["seconds"] = round(seconds, 3)
+    out["tokens_per_second"] = round(stats.tokens / seconds) if seconds > 0 else None
+    out["trained_fraction"] = round(stats.trained_tokens / stats.tokens, 6) if stats.tokens else 0.0
+    out["packing_efficiency"] = (round(stats.tokens / stats.packed_capacity, 6)
+                                 if stats.packed_capacity else None)
+    return out
+
+
+def write_manifest(corpus_dir: Path, *, args: dict, info: TokenizerInfo, dtype: str,
+                   stats: EncodeStats, shards: list[dict], seconds: float) -> dict:
+    from llt import __version__
+
+    manifest = {
+        "llt_corpus_version": MANIFEST_VERSION,
+        "llt_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "corpus_name": args["corpus_name"],
+        "encode_type": args["encode_type"],
+        "max_length": args["max_length"],
+        "packed": bool(args["merge_data"]) and args["encode_type"] != "pretrain",
+        "dtype": dtype,
+        "tokenizer": {
+            "path": info.path, "vocab_size": info.vocab_size, "fingerprint": info.fingerprint,
+            "eos_token_id": info.eos_id, "prefix_ids": info.prefix_ids,
+        },
+        "stats": summarize(stats, seconds),
+        "args": args,
+        "shards": shards,
+    }
+    tmp = corpus_dir / (MANIFEST + ".part")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, corpus_dir / MANIFEST)
+    _fsync_dir(corpus_dir)
+    return manifest
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_manifest(corpus_dir: Path) -> dict:
+    path = Path(corpus_dir) / MANIFEST
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise LltError(f"{corpus_dir}: no {MANIFEST}; this is not a finished llt corpus "
+                       "(an interrupted `llt encode` leaves none: run it again)") from None
+    except json.JSONDecodeError as e:
+        raise LltError(f"{path}: damaged manifest ({e})") from None
+    if manifest.get("llt_corpus_version") != MANIFEST_VERSION:
+        raise LltError(f"{path}: manifest version {manifest.get('llt_corpus_version')!r}, "
+                       f"this llt reads {MANIFEST_VERSION}")
+    return manifest
+
+
+def find_corpora(path: Path) -> list[Path]:
+    """Corpus folders (holding summary.json) at or under `path`, sorted."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return [path]
+    return sorted(p.parent for p in path.rglob(MANIFEST))
+
+
+def describe(manifest: dict, corpus_dir: Path) -> str:
+    """The closing summary `llt encode` prints.
+
+    Examples:
+        llt encode: wiki -> out/wiki (2 shards, uint32)
+          records      10,033  skipped empty 0, dropped overlong 0, truncated 0
+          samples       1,034
+          tokens    2,115,466  trained 2,115,466 (100.0%)
+          time          2.3 s  919,768 tokens/s
+    """
+    s = manifest["stats"]
+    lines = [
+        f"llt encode: {manifest['corpus_name']} -> {corpus_dir} "
+        f"({len(manifest['shards'])} shards, {manifest['dtype']}, {manifest['encode_type']})",
+        f"  records  {s['records']:>13,}  skipped empty {s['skipped_empty']:,}, dropped overlong "
+        f"{s['dropped_overlong']:,}, truncated {s['truncated']:,}",
+        f"  samples  {s['samples']:>13,}",
+        f"  tokens   {s['tokens']:>13,}  trained {s['trained_tokens']:,} "
+        f"({100 * s['trained_fraction']:.1f}%)",
+    ]
+    if s["packing_efficiency"] is not None:
+        lines.append(f"  packing  {100 * s['packing_efficiency']:>12.2f}%  "
+                     f"{s['samples_before_packing']:,} samples into {s['samples']:,} bins of "
+                     f"{manifest['max_length']:,}")
+    lines.append(f"  time     {s['seconds']:>11.1f} s  {s['tokens_per_second'] or 0:,} tokens/s")
+    return "\n".join(lines)

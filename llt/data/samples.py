@@ -1,0 +1,354 @@
+"""Turning user records into token samples with loss spans and document boundaries.
+
+One `SampleBuilder` lives in each encoder worker. It takes a list of raw records, checks
+them, tokenizes them in one batched call and returns a `SampleBatch` of flat arrays:
+
+* `pretrain`: every document becomes `prefix + ids + [eos]`; documents are joined into
+  one stream and cut into `max_length` samples (the seed's behaviour). The start of every
+  document inside a sample is recorded, so the trainer can keep documents apart.
+* `qa` (plain, seed-compatible): `prefix + ids(q) + ids(a) + [eos]`, loss on the answer
+  ids and the EOS. `q` and `a` are tokenized separately, exactly as the seed did.
+* `chat` (and `qa` with `--qa_template chat`): the conversation rendered with the
+  tokenizer's chat template and tokenized whole; loss on the text of each assistant turn
+  up to and including its end-of-turn token (found without `{% generation %}` markers).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from itertools import chain
+from typing import Callable
+
+import numpy as np
+
+from llt.data.format import SampleBatch
+from llt.data.tokenizer import TokenizerInfo
+from llt.errors import LltError
+
+Where = Callable[[int], str]  # record position in the batch -> "file: line 12" for errors
+
+
+class RecordError(LltError, ValueError):
+    """A user record cannot be encoded. The message names the source and record."""
+
+
+@dataclass
+class EncodeStats:
+    """Counts a worker keeps and the encoder sums for its closing summary."""
+
+    records: int = 0
+    skipped_empty: int = 0  # empty text / empty answer / no assistant turn
+    dropped_overlong: int = 0
+    truncated: int = 0
+    samples_before_packing: int = 0
+    samples: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    packed_capacity: int = 0  # bins * max_length, for the packing efficiency
+
+    def add(self, other: "EncodeStats") -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass
+class Fields:
+    """Names of the fields read from dict records."""
+
+    text: str = "text"
+    q: str = "q"
+    a: str = "a"
+    messages: str = "messages"
+
+
+@dataclass
+class Sample:
+    """One sample outside a batch (used by truncation and packing)."""
+
+    tokens: np.ndarray
+    spans: np.ndarray | None  # [k, 2]
+    docs: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+
+
+def split_batch(batch: SampleBatch) -> list[Sample]:
+    """The samples of a batch as separate `Sample`s (views, no token copies)."""
+    ends = np.cumsum(batch.lengths)
+    tok = np.split(batch.tokens, ends[:-1]) if len(batch) else []
+    docs = np.split(batch.doc_starts, np.cumsum(batch.doc_counts)[:-1]) if len(batch) else []
+    if batch.spans is None:
+        return [Sample(t, None, d) for t, d in zip(tok, docs)]
+    spans = np.split(batch.spans, np.cumsum(batch.span_counts)[:-1])
+    return [Sample(t, s, d) for t, s, d in zip(tok, spans, docs)]
+
+
+def join_samples(samples: list[Sample], has_loss_mask: bool) -> SampleBatch:
+    """The inverse of `split_batch`."""
+    empty64 = np.zeros(0, np.int64)
+    return SampleBatch(
+        tokens=np.concatenate([s.tokens for s in samples]) if samples else np.zeros(0, np.uint32),
+        lengths=np.array([len(s.tokens) for s in samples], np.int64),
+        doc_counts=np.array([len(s.docs) for s in samples], np.int64),
+        doc_starts=np.concatenate([s.docs for s in samples]) if samples else empty64,
+        span_counts=np.array([len(s.spans) for s in samples], np.int64) if has_loss_mask else None,
+        spans=(np.concatenate([s.spans for s in samples]).reshape(-1, 2) if samples
+               else np.zeros((0, 2), np.int64)) if has_loss_mask else None,
+    )
+
+
+def wrap_pieces(body: np.ndarray, lens: np.ndarray, prefix: list[int], suffix: list[int]):
+    """Put `prefix` before and `suffix` after each piece of a flat id array, vectorised.
+
+    Returns (tokens, lengths) of the wrapped pieces.
+
+    Examples:
+        >>> t, n = wrap_pieces(np.array([5, 6, 7]), np.array([2, 1]), [1], [2])
+        >>> t.tolist(), n.tolist()
+        ([1, 5, 6, 2, 1, 7, 2], [4, 3])
+    """
+    p, s = len(prefix), len(suffix)
+    full = lens + p + s
+    starts = np.zeros(len(lens), np.int64)
+    np.cumsum(full[:-1], out=starts[1:])
+    body_starts = np.zeros(len(lens), np.int64)
+    np.cumsum(lens[:-1], out=body_starts[1:])
+    out = np.empty(int(full.sum()), np.uint32)
+    out[np.repeat(starts + p - body_starts, lens) + np.arange(len(body))] = body
+    for j, tid in enumerate(prefix):
+        out[starts + j] = tid
+    for j, tid in enumerate(suffix):
+        out[starts + p + lens + j] = tid
+    return out, full
+
+
+def mask_to_spans(mask: np.ndarray) -> np.ndarray:
+    """[k, 2] (start, end) runs of True in a bool array."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return np.stack([np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)], axis=1)
+
+
+class SampleBuilder:
+    """Records in, `SampleBatch`es out, for one encode type. Keeps the pretrain carry."""
+
+    def __init__(self, tok, info: TokenizerInfo, encode_type: str, max_length: int,
+                 overlong: str = "drop", qa_template: str = "plain", strict: bool = False,
+                 names: Fields | None = None):
+        self.tok, self.info = tok, info
+        self.backend = tok.backend_tokenizer
+        self.encode_type, self.max_length = encode_type, max_length
+        self.overlong, self.strict = overlong, strict
+        self.use_chat = encode_type == "chat" or (encode_type == "qa" and qa_template == "chat")
+        self.names = names or Fields()
+        self.has_loss_mask = encode_type != "pretrain"
+        self.stats = EncodeStats()
+        self._carry = np.zeros(0, np.uint32)  # pretrain tokens not yet filling a sample
+        self._carry_docs = np.zeros(0, np.int64)
+        # The tokenizer runs single-threaded: parallelism comes from worker processes.
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+    # ------------------------------------------------------------------ records
+    def _field(self, rec, name: str, where: Where, k: int, kind: type):
+        if not isinstance(rec, dict):
+            raise RecordError(f"{where(k)}: expected an object with field {name!r}, "
+                              f"got {type(rec).__name__}")
+        if name not in rec:
+            raise RecordError(f"{where(k)}: missing field {name!r} (fields: "
+                              f"{', '.join(map(repr, rec)) or 'none'})")
+        value = rec[name]
+        if not isinstance(value, kind):
+            raise RecordError(f"{where(k)}: field {name!r} is {type(value).__name__}, "
+                              f"expected {kind.__name__}")
+        return value
+
+    def _skip(self, where: Where, k: int, why: str) -> None:
+        if self.strict:
+            raise RecordError(f"{where(k)}: {why} (--strict makes this an error)")
+        self.stats.skipped_empty += 1
+
+    def encode(self, records: list, where: Where) -> SampleBatch | None:
+        """Encode a list of records; `where(k)` describes record k for error messages."""
+        self.stats.records += len(records)
+        if self.encode_type == "pretrain":
+            return self._pretrain(records, where)
+        if self.use_chat:
+            return self._chat(records, where)
+        return self._qa(records, where)
+
+    def finish(self) -> SampleBatch | None:
+        """The last, shorter pretrain sample left in the carry, if any."""
+        if not len(self._carry):
+            return None
+        bounds = np.union1d(self._carry_docs, [0])
+        batch = SampleBatch(self._carry, np.array([len(self._carry)], np.int64),
+                            np.array([len(bounds)], np.int64), bounds)
+        self._carry = np.zeros(0, np.uint32)
+        self._carry_docs = np.zeros(0, np.int64)
+        return self._count(batch)
+
+    # ------------------------------------------------------------------ tokenizing
+    def _encode_fast(self, texts: list[str], where: Where, positions: list[int]):
+        try:
+            return self.backend.encode_batch_fast(texts, add_special_tokens=False)
+        except Exception as e:  # noqa: BLE001 - find and name the record that broke it
+            self._blame(texts, where, positions, e)
+
+    def _blame(self, texts, where, positions, error):
+        for text, pos in zip(texts, positions):
+            try:
+                self.backend.encode(text, add_special_tokens=False)
+            except Exception as e:  # noqa: BLE001
+                bad = "a lone surrogate or invalid unicode" if isinstance(e, UnicodeError) else "untokenizable text"
+                raise RecordError(f"{where(pos)}: {bad}: {type(e).__name__}: {e}") from None
+        raise error
+
+    @staticmethod
+    def _flat_ids(encs) -> tuple[np.ndarray, np.ndarray]:
+        lens = np.fromiter(map(len, encs), np.int64, len(encs))
+        ids = np.fromiter(chain.from_iterable(e.ids for e in encs), np.uint32, int(lens.sum()))
+        return ids, lens
+
+    # ------------------------------------------------------------------ pretrain
+    def _pretrain(self, records: list, where: Where) -> SampleBatch | None:
+        texts, positions = [], []
+        name = self.names.text
+        for k, rec in enumerate(records):
+            text = rec if isinstance(rec, str) else self._field(rec, name, where, k, str)
+            if not text:
+                self._skip(where, k, "empty text")
+                continue
+            texts.append(text)
+            positions.append(k)
+        if not texts:
+            return None
+        ids, lens = self._flat_ids(self._encode_fast(texts, where, positions))
+        docs, doc_lens = wrap_pieces(ids, lens, self.info.prefix_ids, [self.info.eos_id])
+        starts = np.zeros(len(doc_lens), np.int64)
+        np.cumsum(doc_lens[:-1], out=starts[1:])
+        stream = np.concatenate([self._carry, docs])
+        doc_starts = np.concatenate([self._carry_docs, starts + len(self._carry)])
+        L = self.max_length
+        n_full = len(stream) // L
+        cut = n_full * L
+        self._carry = stream[cut:].copy()
+        self._carry_docs = doc_starts[doc_starts >= cut] - cut
+        if n_full == 0:
+            return None
+        # Every sample starts a segment at 0, even mid-document: positions restart there.
+        bounds = np.union1d(doc_starts[doc_starts < cut], np.arange(0, cut, L))
+        batch = SampleBatch(stream[:cut], np.full(n_full, L, np.int64),
+                            np.bincount(bounds // L, minlength=n_full).astype(np.int64), bounds % L)
+        return self._count(batch)
+
+    # ------------------------------------------------------------------ qa (plain)
+    def _qa(self, records: list, where: Where) -> SampleBatch | None:
+        texts, positions = [], []
+        for k, rec in enumerate(records):
+            q = self._field(rec, self.names.q, where, k, str)
+            a = self._field(rec, self.names.a, where, k, str)
+            if not a:
+                self._skip(where, k, f"empty answer field {self.names.a!r}")
+                continue
+            texts += (q, a)
+            positions += (k, k)
+        if not texts:
+            return None
+        ids, lens = self._flat_ids(self._encode_fast(texts, where, positions))
+        q_lens, a_lens = lens[0::2], lens[1::2]
+        tokens, full = wrap_pieces(ids, q_lens + a_lens, self.info.prefix_ids, [self.info.eos_id])
+        start = len(self.info.prefix_ids) + q_lens
+        batch = SampleBatch(tokens, full, np.ones(len(full), np.int64), np.zeros(len(full), np.int64),
+                            np.ones(len(full), np.int64), np.stack([start, full], axis=1))
+        return self._limit(batch)
+
+    # ------------------------------------------------------------------ chat
+    def _messages(self, rec, where: Where, k: int) -> list:
+        if self.encode_type == "qa":
+            q = self._field(rec, self.names.q, where, k, str)
+            a = self._field(rec, self.names.a, where, k, str)
+            return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        msgs = rec if isinstance(rec, list) else self._field(rec, self.names.messages, where, k, list)
+        for j, m in enumerate(msgs):
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), str)):
+                raise RecordError(f"{where(k)}: message {j} must be an object with string "
+                                  f"'role' and 'content', got {str(m)[:80]!r}")
+        return msgs
+
+    def _render(self, msgs: list, where: Where, k: int) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered conversation and the character spans of its assistant turns."""
+        def render(part, gen):
+            return self.tok.apply_chat_template(part, tokenize=False, add_generation_prompt=gen)
+        try:
+            full = render(msgs, False)
+            spans = []
+            for i, m in enumerate(msgs):
+                if m["role"] != "assistant" or not m["content"]:
+                    continue
+                before = render(msgs[:i], True) if i else ""
+                through = render(msgs[: i + 1], False)
+                if not (full.startswith(through) and through.startswith(before)):
+                    raise RecordError(
+                        f"{where(k)}: the chat template renders turn {i} differently once later "
+                        "turns follow, so the assistant text cannot be located; encode with a "
+                        "template that renders conversations prefix by prefix")
+                turn = through[len(before):]
+                eos = self.info.eos_token
+                end = turn.rfind(eos) + len(eos) if eos and eos in turn else len(turn.rstrip())
+                spans.append((len(before), len(before) + end))
+        except RecordError:
+            raise
+        except Exception as e:  # noqa: BLE001 - jinja errors come from user data
+            raise RecordError(f"{where(k)}: the chat template failed: {type(e).__name__}: {e}") from None
+        return full, spans
+
+    def _chat(self, records: list, where: Where) -> SampleBatch | None:
+        texts, char_spans, positions = [], [], []
+        for k, rec in enumerate(records):
+            text, spans = self._render(self._messages(rec, where, k), where, k)
+            if not spans:
+                self._skip(where, k, "no assistant turn with content")
+                continue
+            texts.append(text)
+            char_spans.append(spans)
+            positions.append(k)
+        if not texts:
+            return None
+        try:
+            encs = self.backend.encode_batch(texts, add_special_tokens=False)
+        except Exception as e:  # noqa: BLE001
+            self._blame(texts, where, positions, e)
+        samples = []
+        for enc, spans in zip(encs, char_spans):
+            starts = np.fromiter((o[0] for o in enc.offsets), np.int64, len(enc))
+            mask = np.zeros(len(enc), bool)
+            for lo, hi in spans:
+                mask |= (starts >= lo) & (starts < hi)
+            samples.append(Sample(np.array(enc.ids, np.uint32), mask_to_spans(mask)))
+        return self._limit(join_samples(samples, True))
+
+    # ------------------------------------------------------------------ limits
+    def _limit(self, batch: SampleBatch) -> SampleBatch | None:
+        """Apply `--overlong` to samples longer than max_length, then count the rest."""
+        over = batch.lengths > self.max_length
+        if over.any():
+            samples = split_batch(batch)
+            kept = []
+            for s, too_long in zip(samples, over):
+                if not too_long:
+                    kept.append(s)
+                elif self.overlong == "truncate":
+                    L = self.max_length
+                    spans = np.minimum(s.spans[s.spans[:, 0] < L], L)
+                    if len(spans):
+                        kept.append(Sample(s.tokens[:L], spans, s.docs[s.docs < L]))
+                        self.stats.truncated += 1
+                    else:
+                        self.stats.dropped_overlong += 1
+                else:
+                    self.stats.dropped_overlong += 1
+            batch = join_samples(kept, True)
+        return self._count(batch) if len(batch) else None
+
+    def _count(self, batch: SampleBatch) -> SampleBatch:
+        self.stats.samples_before_packing += len(batch)
+        return batch

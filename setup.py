@@ -1,0 +1,5 @@
+"""Packaging lives in setup.cfg; this file lets `pip install -e .` work with old pips."""
+
+from setuptools import setup
+
+setup()
