@@ -24,7 +24,9 @@ def _encode(argv: list[str]) -> int:
 
     parser = HfArgumentParser(EncodeArgs, prog="llt encode",
                               description="Tokenize user data into llt shards.")
-    (args,) = parser.parse_args_into_dataclasses(argv)
+    args, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     manifest = run_encode(args)
     from pathlib import Path
 

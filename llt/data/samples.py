@@ -195,10 +195,14 @@ class SampleBuilder:
     def _blame(self, texts, where, positions, error):
         for text, pos in zip(texts, positions):
             try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:  # JSON allows "\ud800"; UTF-8 and tokenizers do not
+                raise RecordError(f"{where(pos)}: a lone surrogate or invalid unicode at "
+                                  f"character {e.start} ({text[max(0, e.start - 20):e.start]!r}...)") from None
+            try:
                 self.backend.encode(text, add_special_tokens=False)
             except Exception as e:  # noqa: BLE001
-                bad = "a lone surrogate or invalid unicode" if isinstance(e, UnicodeError) else "untokenizable text"
-                raise RecordError(f"{where(pos)}: {bad}: {type(e).__name__}: {e}") from None
+                raise RecordError(f"{where(pos)}: untokenizable text: {type(e).__name__}: {e}") from None
         raise error
 
     @staticmethod

@@ -1,0 +1,143 @@
+"""Bad input gets an error naming the file, record and problem, and leaves nothing behind
+that a trainer would read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import encode, read_corpus, shared_asset
+
+from llt.data.config import EncodeArgs
+from llt.errors import LltError
+from llt.toy import write_jsonl
+
+
+def assert_nothing_written(tmp_path, name="c"):
+    corpus = tmp_path / "out" / name
+    if corpus.exists():
+        left = sorted(p.name for p in corpus.iterdir())
+        assert left == [], f"left behind: {left}"
+
+
+def fails(tmp_path, tok_dir, match, **kw):
+    with pytest.raises(LltError, match=match):
+        encode(tmp_path, tok_dir, **kw)
+    assert_nothing_written(tmp_path, kw.get("corpus_name", "c"))
+
+
+def loader(tmp_path, body: str):
+    path = tmp_path / "data_loader.py"
+    path.write_text(body)
+    return str(path)
+
+
+def test_data_loader_problems(tmp_path, tiny_tok_dir):
+    fails(tmp_path, tiny_tok_dir, r"--data_loader_path .*nope\.py: no such file",
+          data_loader_path=str(tmp_path / "nope.py"))
+    fails(tmp_path, tiny_tok_dir, "defines no data_loader\\(\\) function",
+          data_loader_path=loader(tmp_path, "def other():\n    yield 'x'\n"))
+    fails(tmp_path, tiny_tok_dir, "must return a generator .* got int",
+          data_loader_path=loader(tmp_path, "def data_loader():\n    return 3\n"))
+    fails(tmp_path, tiny_tok_dir, "importing it failed: ZeroDivisionError",
+          data_loader_path=loader(tmp_path, "1/0\n"))
+    body = "def data_loader():\n    for i in range(5):\n        yield 'doc'\n    raise RuntimeError('disk gone')\n"
+    fails(tmp_path, tiny_tok_dir, "data_loader\\(\\) raised after 5 records: RuntimeError: disk gone",
+          data_loader_path=loader(tmp_path, body), num_workers=2)
+
+
+def test_wrong_record_types_name_the_record(tmp_path, tiny_tok_dir):
+    fails(tmp_path, tiny_tok_dir, r"data_loader\(\) record 2: expected an object with field 'q', got str",
+          data_loader_path=loader(tmp_path, "def data_loader():\n    yield {'q': 'a', 'a': 'b'}\n"
+                                            "    yield {'q': 'c', 'a': 'd'}\n    yield 'oops'\n"),
+          encode_type="qa")
+    src = write_jsonl(tmp_path / "d.jsonl", [{"q": "1", "a": "2"}, {"q": "3", "a": "4"}, {"q": "5"}])
+    fails(tmp_path, tiny_tok_dir, r"d\.jsonl: line 3: missing field 'a' \(fields: 'q'\)",
+          inputs=[src], encode_type="qa")
+    src = write_jsonl(tmp_path / "n.jsonl", [{"text": "fine"}, {"text": None}])
+    fails(tmp_path, tiny_tok_dir, r"n\.jsonl: line 2: field 'text' is NoneType, expected str", inputs=[src])
+    src = write_jsonl(tmp_path / "m.jsonl", [{"messages": [{"role": "user", "content": 5}]}])
+    fails(tmp_path, tiny_tok_dir, r"m\.jsonl: line 1: message 0 must be an object with string 'role' and 'content'",
+          inputs=[src], encode_type="chat")
+
+
+def test_broken_files_name_the_line(tmp_path, tiny_tok_dir):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"text": "a"}\n{"text": "b"}\n\n{"text": "c"\n{"text": "d"}\n')
+    fails(tmp_path, tiny_tok_dir, r"bad\.jsonl: line 4: invalid JSON", inputs=[p])
+    p = tmp_path / "utf.jsonl"
+    p.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    fails(tmp_path, tiny_tok_dir, r"utf\.jsonl: line 2: invalid UTF-8", inputs=[p])
+    p = tmp_path / "sur.jsonl"
+    p.write_text('{"text": "ok"}\n{"text": "bad \\ud800 surrogate"}\n')
+    fails(tmp_path, tiny_tok_dir, r"sur\.jsonl: line 2: a lone surrogate or invalid unicode", inputs=[p])
+
+
+def test_error_in_one_of_several_workers_stops_all_and_leaves_nothing(tmp_path, tiny_tok_dir):
+    p = tmp_path / "big.jsonl"
+    lines = [json.dumps({"text": f"document {i}"}) for i in range(3000)]
+    lines[2900] = '{"text": 7}'
+    p.write_text("\n".join(lines) + "\n")
+    fails(tmp_path, tiny_tok_dir, r"big\.jsonl: line 2901: field 'text' is int", inputs=[p], num_workers=2)
+
+
+def test_tokenizer_problems(tmp_path, tiny_tok, tiny_tok_dir):
+    src = write_jsonl(tmp_path / "d.jsonl", ["x"])
+    fails(tmp_path, tmp_path / "missing", r"--tokenizer_path .*missing: could not load a tokenizer \(no such folder\)",
+          inputs=[src])
+    plain = tmp_path / "no_template"
+    tiny_tok.save_pretrained(str(plain))
+    cfg = json.loads((plain / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    cfg.pop("eos_token", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    fails(tmp_path, plain, "has no chat template", inputs=[src], encode_type="chat")
+    fails(tmp_path, plain, "has no EOS token", inputs=[src], encode_type="pretrain")
+
+
+def test_int16_with_a_large_vocabulary_fails_before_any_work(tmp_path):
+    qwen = shared_asset("assets/tokenizers/qwen2.5")
+    src = write_jsonl(tmp_path / "d.jsonl", ["x"])
+    fails(tmp_path, qwen, r"--save_dtype int16 stores ids below 65,536, but the tokenizer has 151,665 tokens",
+          inputs=[src], save_dtype="int16")
+    assert not (tmp_path / "out").exists()
+
+
+def test_strict_makes_empty_records_fatal(tmp_path, tiny_tok_dir):
+    src = write_jsonl(tmp_path / "d.jsonl", ["one", ""])
+    fails(tmp_path, tiny_tok_dir, r"d\.jsonl: line 2: empty text \(--strict", inputs=[src], strict=True)
+
+
+def test_bad_flags(tmp_path):
+    with pytest.raises(LltError, match="--data_loader_path FILE.py or --input_path"):
+        EncodeArgs(tokenizer_path="t", output_path="o", corpus_name="c")
+    with pytest.raises(LltError, match="--max_length must be positive"):
+        EncodeArgs(tokenizer_path="t", output_path="o", corpus_name="c", input_path=["x"], max_length=0)
+    with pytest.raises(LltError, match="--corpus_name"):
+        EncodeArgs(tokenizer_path="t", output_path="o", corpus_name="a/b", input_path=["x"])
+
+
+def test_existing_corpus_is_never_silently_mixed(tmp_path, tiny_tok_dir):
+    src = write_jsonl(tmp_path / "d.jsonl", ["alpha beta"] * 50)
+    first, corpus = encode(tmp_path, tiny_tok_dir, [src], max_length=16, tokens_per_file=64)
+    with pytest.raises(LltError, match="already holds a finished corpus .* --overwrite"):
+        encode(tmp_path, tiny_tok_dir, [src], max_length=16)
+    assert read_corpus(corpus)  # the finished corpus is untouched
+    small = write_jsonl(tmp_path / "s.jsonl", ["gamma"])
+    second, _ = encode(tmp_path, tiny_tok_dir, [small], max_length=16, overwrite=True)
+    assert len(second["shards"]) == 1 < len(first["shards"])
+    assert sorted(p.name for p in corpus.iterdir()) == ["c_0.bin", "c_0.idx", "summary.json"]
+
+
+def test_unfinished_run_is_discarded_by_the_next_run(tmp_path, tiny_tok_dir):
+    src = write_jsonl(tmp_path / "d.jsonl", ["alpha beta"] * 50)
+    encode(tmp_path, tiny_tok_dir, [src], max_length=16, tokens_per_file=64)
+    corpus = tmp_path / "out" / "c"
+    (corpus / "summary.json").unlink()  # as if killed while moving shards into place
+    (corpus / ".llt-partial").mkdir()
+    (corpus / ".llt-partial" / "w000_00000.bin.part").write_bytes(b"junk")
+    (corpus / "c_99.bin").write_bytes(b"junk")
+    manifest, _ = encode(tmp_path, tiny_tok_dir, [src], max_length=16)
+    assert sorted(p.name for p in corpus.iterdir()) == ["c_0.bin", "c_0.idx", "summary.json"]
+    assert manifest["stats"]["tokens"] == sum(len(t) for t, _, _ in read_corpus(corpus))
