@@ -16,20 +16,15 @@ USAGE = __doc__.split("\n\n", 1)[1]
 
 
 def _encode(argv: list[str]) -> int:
-    from transformers import HfArgumentParser
+    from pathlib import Path
 
+    from llt.args import parse_dataclass
     from llt.data.config import EncodeArgs
     from llt.data.encode import run_encode
     from llt.data.manifest import describe
 
-    parser = HfArgumentParser(EncodeArgs, prog="llt encode",
-                              description="Tokenize user data into llt shards.")
-    args, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = parse_dataclass(EncodeArgs, argv, "llt encode")
     manifest = run_encode(args)
-    from pathlib import Path
-
     print(describe(manifest, Path(args.output_path) / args.corpus_name))
     return 0
 

@@ -68,6 +68,10 @@ class EncodeArgs:
         "Replace a finished corpus of the same name (it is removed only once the new one "
         "is complete)."))
 
+    @property
+    def uses_chat_template(self) -> bool:
+        return self.encode_type == "chat" or (self.encode_type == "qa" and self.qa_template == "chat")
+
     def __post_init__(self) -> None:
         if not self.data_loader_path and not self.input_path:
             raise LltError("give the data with --data_loader_path FILE.py or --input_path FILE...")

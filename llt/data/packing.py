@@ -81,6 +81,11 @@ class Packer:
         self._pending: list[Sample] = []
         self._pending_tokens = 0
 
+    @property
+    def pending_tokens(self) -> int:
+        """Tokens waiting in the window (for progress reporting)."""
+        return self._pending_tokens
+
     def add(self, batch: SampleBatch | None) -> SampleBatch | None:
         if batch is None or not len(batch):
             return None

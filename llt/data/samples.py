@@ -15,7 +15,6 @@ them, tokenizes them in one batched call and returns a `SampleBatch` of flat arr
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, fields
 from itertools import chain
 from typing import Callable
@@ -143,8 +142,6 @@ class SampleBuilder:
         self.stats = EncodeStats()
         self._carry = np.zeros(0, np.uint32)  # pretrain tokens not yet filling a sample
         self._carry_docs = np.zeros(0, np.int64)
-        # The tokenizer runs single-threaded: parallelism comes from worker processes.
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
     # ------------------------------------------------------------------ records
     def _field(self, rec, name: str, where: Where, k: int, kind: type):
