@@ -231,3 +231,14 @@ def test_empty_records_are_skipped_and_counted(tmp_path, tiny_tok_dir):
     src = write_jsonl(tmp_path / "qa.jsonl", [{"q": "x", "a": ""}, {"q": "y", "a": "z"}])
     manifest, _ = encode(tmp_path, tiny_tok_dir, [src], encode_type="qa", corpus_name="qa")
     assert manifest["stats"]["skipped_empty"] == 1 and manifest["stats"]["samples"] == 1
+
+
+def test_chat_starting_with_an_assistant_turn_masks_only_its_content(tmp_path, tiny_tok, tiny_tok_dir):
+    recs = [{"messages": [{"role": "assistant", "content": "Hello there, how are you?"},
+                          {"role": "user", "content": "Fine."}]}]
+    src = write_jsonl(tmp_path / "chat.jsonl", recs)
+    _, corpus = encode(tmp_path, tiny_tok_dir, [src], encode_type="chat")
+    ((toks, mask, _),) = read_corpus(corpus)
+    assert assistant_text(tiny_tok, toks, mask) == ["Hello there, how are you?<|im_end|>"]
+    header = ids(tiny_tok, "<|im_start|>assistant\n")
+    assert toks[:len(header)] == header and not mask[:len(header)].any()

@@ -13,6 +13,7 @@ unfinished run: the next run with the same command discards it and starts over.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import queue
@@ -255,6 +256,9 @@ def run_encode(args: EncodeArgs, progress_bar: bool = True) -> dict:
                                  daemon=True, name=f"llt-encode-{k}"))
     from tqdm import tqdm
 
+    # Objects alive now are shared copy-on-write with the workers; freezing them keeps
+    # the workers' garbage collector from touching (and so copying) their pages.
+    gc.freeze()
     for p in procs:  # fork before tqdm starts its monitor thread
         p.start()
     info.fingerprint = vocab_fingerprint(tok)

@@ -285,8 +285,14 @@ class SampleBuilder:
             for i, m in enumerate(msgs):
                 if m["role"] != "assistant" or not m["content"]:
                     continue
-                before = render(msgs[:i], True) if i else ""
                 through = render(msgs[: i + 1], False)
+                if i:
+                    before = render(msgs[:i], True)
+                else:
+                    # An empty conversation does not render (transformers takes [] for a
+                    # batch); the turn's header is what precedes its verbatim content.
+                    pos = through.find(m["content"])
+                    before = through[:pos] if pos >= 0 else ""
                 if not (full.startswith(through) and through.startswith(before)):
                     raise RecordError(
                         f"{where(k)}: the chat template renders turn {i} differently once later "
