@@ -291,9 +291,12 @@ class ShardReader:
     """Reads one shard through `np.memmap`: O(1) per sample, zero-copy token slices.
 
     Examples:
-        >>> r = ShardReader("out/wiki/wiki_0.idx")            # doctest: +SKIP
-        >>> r.tokens(0)[:5], r.loss_mask(0)[:5], r.doc_starts(0)  # doctest: +SKIP
-        (memmap([9707, 1879, ...]), array([True, ...]), array([0, 311]))
+        >>> r = ShardReader("out/wiki/wiki_0.idx")  # doctest: +SKIP
+        >>> ids = r.tokens(0)        # doctest: +SKIP
+        >>> mask = r.loss_mask(0)    # doctest: +SKIP
+        >>> docs = r.doc_starts(0)   # doctest: +SKIP
+        >>> len(ids) == len(mask) and docs[0] == 0  # doctest: +SKIP
+        True
     """
 
     def __init__(self, path: str | os.PathLike):

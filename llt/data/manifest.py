@@ -97,17 +97,19 @@ def find_corpora(path: Path) -> list[Path]:
 def describe(manifest: dict, corpus_dir: Path) -> str:
     """The closing summary `llt encode` prints.
 
-    Examples:
-        llt encode: wiki -> out/wiki (2 shards, uint32)
-          records      10,033  skipped empty 0, dropped overlong 0, truncated 0
-          samples       1,034
-          tokens    2,115,466  trained 2,115,466 (100.0%)
-          time          2.3 s  919,768 tokens/s
+    Example (wiki_en, Qwen2.5, --max_length 2048, 2 cores)::
+
+        llt encode: wiki -> out/wiki (2 shards, uint32, pretrain)
+          records         10,033  skipped empty 0, dropped overlong 0, truncated 0
+          samples            522
+          tokens       1,067,766  trained 1,067,766 (100.0%)
+          time             1.9 s  559,235 tokens/s
     """
     s = manifest["stats"]
     lines = [
         f"llt encode: {manifest['corpus_name']} -> {corpus_dir} "
-        f"({len(manifest['shards'])} shards, {manifest['dtype']}, {manifest['encode_type']})",
+        f"({len(manifest['shards'])} shard{'s' * (len(manifest['shards']) != 1)}, "
+        f"{manifest['dtype']}, {manifest['encode_type']})",
         f"  records  {s['records']:>13,}  skipped empty {s['skipped_empty']:,}, dropped overlong "
         f"{s['dropped_overlong']:,}, truncated {s['truncated']:,}",
         f"  samples  {s['samples']:>13,}",
