@@ -199,7 +199,9 @@ def test_every_input_format_gives_the_same_samples(tmp_path, tiny_tok_dir):
         w.writeheader()
         w.writerows(recs)
     ds = datasets.Dataset.from_list(recs)
-    ds.to_parquet(str(tmp_path / "in" / "a.parquet"))
+    import pyarrow.parquet as pq
+
+    pq.write_table(ds.data.table, str(tmp_path / "in" / "a.parquet"), row_group_size=25)  # 5 groups
     ds.save_to_disk(str(tmp_path / "in" / "hf"))
     loader = tmp_path / "in" / "loader.py"
     loader.write_text(f"import json\ndef data_loader():\n    yield from json.load(open({str(arr)!r}))\n")
@@ -242,3 +244,22 @@ def test_chat_starting_with_an_assistant_turn_masks_only_its_content(tmp_path, t
     assert assistant_text(tiny_tok, toks, mask) == ["Hello there, how are you?<|im_end|>"]
     header = ids(tiny_tok, "<|im_start|>assistant\n")
     assert toks[:len(header)] == header and not mask[:len(header)].any()
+
+
+def test_several_files_split_across_workers_cover_every_byte_once(tmp_path, tiny_tok, tiny_tok_dir):
+    from llt.data.sources import find_inputs, plan_parts
+
+    files = [write_jsonl(tmp_path / "in" / f"{i}.jsonl", DOCS[i * 60:(i + 1) * 60]) for i in range(5)]
+    for workers in (1, 2, 3, 7):
+        groups = plan_parts(find_inputs([str(tmp_path / "in")]), workers, None)
+        assert 1 <= len(groups) <= workers
+        covered = {}
+        for part in (p for g in groups for p in g):
+            covered.setdefault(part.path, []).append((part.start, part.end))
+        for f in files:
+            ranges = covered[str(f)]
+            assert ranges[0][0] == 0 and ranges[-1][1] == f.stat().st_size
+            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))  # contiguous, in order
+    _, corpus = encode(tmp_path, tiny_tok_dir, [tmp_path / "in"], max_length=40, num_workers=3)
+    flat = [t for s in read_corpus(corpus) for t in s[0]]
+    assert flat == [t for w in expected_pretrain(tiny_tok, DOCS, 10**9) for t in w[0]]

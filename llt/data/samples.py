@@ -276,32 +276,50 @@ class SampleBuilder:
         return msgs
 
     def _render(self, msgs: list, where: Where, k: int) -> tuple[str, list[tuple[int, int]]]:
-        """The rendered conversation and the character spans of its assistant turns."""
+        """The rendered conversation and the character spans of its assistant turns.
+
+        Each assistant turn starts where the conversation before it, rendered with the
+        generation prompt, ends. It ends after its content and the end-of-turn token that
+        follows: found directly when the template writes the content verbatim followed by
+        the EOS (ChatML, Llama 3: one render per turn), else by rendering the conversation
+        through the turn (two renders per turn).
+        """
         def render(part, gen):
             return self.tok.apply_chat_template(part, tokenize=False, add_generation_prompt=gen)
+
+        def unstable(i):
+            return RecordError(
+                f"{where(k)}: the chat template renders turn {i} differently once later turns "
+                "follow, so the assistant text cannot be located; encode with a template that "
+                "renders conversations prefix by prefix")
+
+        eos = self.info.eos_token
         try:
             full = render(msgs, False)
             spans = []
             for i, m in enumerate(msgs):
-                if m["role"] != "assistant" or not m["content"]:
+                content = m["content"]
+                if m["role"] != "assistant" or not content:
                     continue
-                through = render(msgs[: i + 1], False)
                 if i:
                     before = render(msgs[:i], True)
                 else:
                     # An empty conversation does not render (transformers takes [] for a
                     # batch); the turn's header is what precedes its verbatim content.
-                    pos = through.find(m["content"])
-                    before = through[:pos] if pos >= 0 else ""
+                    pos = full.find(content)
+                    before = full[:pos] if pos >= 0 else ""
+                if not full.startswith(before):
+                    raise unstable(i)
+                start = len(before)
+                if eos and full.startswith(content + eos, start):
+                    spans.append((start, start + len(content) + len(eos)))
+                    continue
+                through = render(msgs[: i + 1], False)
                 if not (full.startswith(through) and through.startswith(before)):
-                    raise RecordError(
-                        f"{where(k)}: the chat template renders turn {i} differently once later "
-                        "turns follow, so the assistant text cannot be located; encode with a "
-                        "template that renders conversations prefix by prefix")
-                turn = through[len(before):]
-                eos = self.info.eos_token
+                    raise unstable(i)
+                turn = through[start:]
                 end = turn.rfind(eos) + len(eos) if eos and eos in turn else len(turn.rstrip())
-                spans.append((len(before), len(before) + end))
+                spans.append((start, start + end))
         except RecordError:
             raise
         except Exception as e:  # noqa: BLE001 - jinja errors come from user data

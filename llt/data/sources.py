@@ -134,13 +134,13 @@ def plan_parts(inputs: list[tuple[str, str]], workers: int, split: str | None) -
     target, g, acc = total / workers, 0, 0.0
     for part, weight in units:
         while part is not None:
+            while g < workers - 1 and acc >= target * (g + 1) - 1e-9:
+                g += 1  # an indivisible unit overshot this worker's share
             room = target * (g + 1) - acc
             divisible = part.kind != "parquet" and part.end - part.start > 1
             if weight <= room or g == workers - 1 or not divisible:
                 groups[g].append(part)
                 acc += weight
-                if acc >= target * (g + 1) - 1e-9 and g < workers - 1:
-                    g += 1
                 part = None
                 continue
             # Cut this unit where the current worker's share ends.
