@@ -24,7 +24,6 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -34,7 +33,7 @@ from llt.data.manifest import write_manifest
 from llt.data.packing import Packer
 from llt.data.samples import EncodeStats, Fields, SampleBuilder
 from llt.data.sources import Part, find_inputs, part_batches, plan_parts, stream_records
-from llt.data.tokenizer import TokenizerInfo, load_tokenizer, vocab_fingerprint
+from llt.data.tokenizer import TokenizerInfo, load_tokenizer
 from llt.errors import LltError
 
 PARTIAL_DIR = ".llt-partial"
@@ -46,9 +45,8 @@ class ShardSink:
     """A worker's output: rolls to a new shard at `tokens_per_file`, packs if asked."""
 
     def __init__(self, tmp_dir: Path, worker: int, dtype: str, info: TokenizerInfo,
-                 args: EncodeArgs, has_loss_mask: bool, fingerprint: Callable[[], str] | None = None):
+                 args: EncodeArgs, has_loss_mask: bool):
         self.tmp_dir, self.worker, self.dtype, self.info = tmp_dir, worker, dtype, info
-        self.fingerprint = fingerprint or (lambda: info.fingerprint)
         self.args, self.has_loss_mask = args, has_loss_mask
         self.limit = int(args.tokens_per_file)
         self.packer = Packer(args.max_length, has_loss_mask) if args.merge_data and has_loss_mask else None
@@ -58,6 +56,7 @@ class ShardSink:
 
     def _new_writer(self) -> ShardWriter:
         header = {
+            "tokenizer_fingerprint": self.info.fingerprint,
             "encode_type": self.args.encode_type,
             "max_length": self.args.max_length,
             "packed": bool(self.packer),
@@ -93,7 +92,6 @@ class ShardSink:
                 self._close_writer()
 
     def _close_writer(self) -> None:
-        self.writer.header_extra["tokenizer_fingerprint"] = self.fingerprint()
         self.shards.append(self.writer.close())
         self.writer = None
 
@@ -118,12 +116,6 @@ class _Job:
     tmp_dir: Path
     parts: list[Part] = field(default_factory=list)
     tokenizer_threads: int = 2
-    fingerprint: object = None  # multiprocessing Array('c'), filled by the parent after fork
-    fingerprint_ready: object = None  # multiprocessing Event
-
-    def get_fingerprint(self) -> str:
-        self.fingerprint_ready.wait()
-        return self.fingerprint.value.decode()
 
 
 def _worker(k: int, job: _Job, inbox, results, progress) -> None:
@@ -142,8 +134,7 @@ def _worker(k: int, job: _Job, inbox, results, progress) -> None:
                                 args.overlong, args.qa_template, args.strict,
                                 Fields(args.text_field, args.q_field, args.a_field,
                                        args.messages_field))
-        sink = ShardSink(job.tmp_dir, k, job.dtype, job.info, args, builder.has_loss_mask,
-                         job.get_fingerprint)
+        sink = ShardSink(job.tmp_dir, k, job.dtype, job.info, args, builder.has_loss_mask)
         columns = {"pretrain": [args.text_field], "chat": [args.messages_field]}.get(
             args.encode_type, [args.q_field, args.a_field])
 
@@ -221,10 +212,7 @@ def run_encode(args: EncodeArgs, progress_bar: bool = True) -> dict:
     global _TOKENIZER
     t0 = time.time()
     tok = load_tokenizer(args.tokenizer_path, args.uses_chat_template)
-    # The fingerprint is computed while the workers already run (it is 0.3 s of a
-    # start-up that otherwise leaves all but one core idle); they wait for it only
-    # when they close their first shard.
-    info = TokenizerInfo.of(tok, args.tokenizer_path, with_fingerprint=False)
+    info = TokenizerInfo.of(tok, args.tokenizer_path)
     info.require(args.encode_type, args.uses_chat_template)
     try:
         dtype = choose_dtype(args.save_dtype, info.vocab_size)
@@ -245,13 +233,11 @@ def run_encode(args: EncodeArgs, progress_bar: bool = True) -> dict:
     results = ctx.Queue()
     progress = ctx.Array("q", n_procs, lock=False)
     inboxes = [ctx.Queue(_QUEUE_BATCHES) if streamed else None for _ in range(n_procs)]
-    fingerprint, fingerprint_ready = ctx.Array("c", 64), ctx.Event()
     _TOKENIZER = tok
     procs = []
     for k in range(n_procs):
         job = _Job(args, info, dtype, tmp_dir, groups[k] if k < len(groups) else [],
-                   tokenizer_threads=max(2, -(-_available_cores() // n_procs)),
-                   fingerprint=fingerprint, fingerprint_ready=fingerprint_ready)
+                   tokenizer_threads=max(2, -(-_available_cores() // n_procs)))
         procs.append(ctx.Process(target=_worker, args=(k, job, inboxes[k], results, progress),
                                  daemon=True, name=f"llt-encode-{k}"))
     from tqdm import tqdm
@@ -261,9 +247,6 @@ def run_encode(args: EncodeArgs, progress_bar: bool = True) -> dict:
     gc.freeze()
     for p in procs:  # fork before tqdm starts its monitor thread
         p.start()
-    info.fingerprint = vocab_fingerprint(tok)
-    fingerprint.value = info.fingerprint.encode()
-    fingerprint_ready.set()
     bar = tqdm(desc=f"encode {args.corpus_name}", unit="tok", unit_scale=True,
                disable=not progress_bar, file=sys.stderr, smoothing=0.1)
     done: dict[int, tuple] = {}
