@@ -81,3 +81,29 @@ def test_verify_ok_then_catches_each_kind_of_damage(tmp_path, tiny_tok_dir, caps
     assert "c_77.bin: on disk but not in summary.json" in capsys.readouterr().out
     (corpus / "c_77.bin").unlink()
     assert main(["verify", str(corpus)]) == 0
+
+
+def test_single_shard_paths(tmp_path, tiny_tok_dir, capsys):
+    import shutil
+
+    corpus = make(tmp_path, tiny_tok_dir)
+    assert main(["verify", str(corpus / "c_1.idx")]) == 0
+    assert main(["inspect", str(corpus / "c_1.bin"), "-n", "1"]) == 0
+    assert "c_1[0]" in capsys.readouterr().out
+    data = bytearray((corpus / "c_0.bin").read_bytes())
+    data[0] ^= 0xFF
+    (corpus / "c_0.bin").write_bytes(bytes(data))
+    assert main(["verify", str(corpus / "c_1.idx")]) == 0  # only the shard asked about
+    assert main(["verify", str(corpus / "c_0.bin")]) == 1
+    # a shard copied away from its corpus: structure checked, no checksums to compare
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    for ext in ("bin", "idx"):
+        shutil.copy(corpus / f"c_1.{ext}", lone / f"c_1.{ext}")
+    capsys.readouterr()
+    assert main(["verify", str(lone / "c_1.idx")]) == 0
+    assert "no summary.json: checksums not checked" in capsys.readouterr().out
+    assert main(["inspect", str(lone / "c_1.idx")]) == 2
+    assert "pass --tokenizer_path" in capsys.readouterr().err
+    assert main(["inspect", str(lone / "c_1.idx"), "--tokenizer_path", str(tiny_tok_dir)]) == 0
+    assert "[[" in capsys.readouterr().out
