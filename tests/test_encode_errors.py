@@ -15,9 +15,7 @@ from llt.toy import write_jsonl
 
 def assert_nothing_written(tmp_path, name="c"):
     corpus = tmp_path / "out" / name
-    if corpus.exists():
-        left = sorted(p.name for p in corpus.iterdir())
-        assert left == [], f"left behind: {left}"
+    assert not corpus.exists(), f"left behind: {sorted(p.name for p in corpus.iterdir())}"
 
 
 def fails(tmp_path, tok_dir, match, **kw):
@@ -141,3 +139,13 @@ def test_unfinished_run_is_discarded_by_the_next_run(tmp_path, tiny_tok_dir):
     manifest, _ = encode(tmp_path, tiny_tok_dir, [src], max_length=16)
     assert sorted(p.name for p in corpus.iterdir()) == ["c_0.bin", "c_0.idx", "summary.json"]
     assert manifest["stats"]["tokens"] == sum(len(t) for t, _, _ in read_corpus(corpus))
+
+
+def test_failed_overwrite_keeps_the_finished_corpus(tmp_path, tiny_tok_dir):
+    src = write_jsonl(tmp_path / "d.jsonl", ["alpha beta"] * 50)
+    first, corpus = encode(tmp_path, tiny_tok_dir, [src], max_length=16, tokens_per_file=64)
+    before = {p.name: p.read_bytes() for p in corpus.iterdir()}
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "fine"}, {"text": 3}])
+    with pytest.raises(LltError, match=r"bad\.jsonl: line 2"):
+        encode(tmp_path, tiny_tok_dir, [bad], max_length=16, overwrite=True)
+    assert {p.name: p.read_bytes() for p in corpus.iterdir()} == before

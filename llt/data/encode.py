@@ -247,6 +247,7 @@ def run_encode(args: EncodeArgs, progress_bar: bool = True) -> dict:
     gc.freeze()
     for p in procs:  # fork before tqdm starts its monitor thread
         p.start()
+    gc.unfreeze()
     bar = tqdm(desc=f"encode {args.corpus_name}", unit="tok", unit_scale=True,
                disable=not progress_bar, file=sys.stderr, smoothing=0.1)
     done: dict[int, tuple] = {}
@@ -280,6 +281,8 @@ def run_encode(args: EncodeArgs, progress_bar: bool = True) -> dict:
         for p in procs:
             p.kill()
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        if not any(corpus_dir.iterdir()):
+            corpus_dir.rmdir()  # it was made for this run: leave no trace
         raise
     finally:
         bar.close()
