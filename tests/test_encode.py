@@ -263,3 +263,15 @@ def test_several_files_split_across_workers_cover_every_byte_once(tmp_path, tiny
     _, corpus = encode(tmp_path, tiny_tok_dir, [tmp_path / "in"], max_length=40, num_workers=3)
     flat = [t for s in read_corpus(corpus) for t in s[0]]
     assert flat == [t for w in expected_pretrain(tiny_tok, DOCS, 10**9) for t in w[0]]
+
+
+def test_spawn_start_method_gives_the_same_shards(tmp_path, tiny_tok_dir, monkeypatch):
+    """Where fork is unavailable (macOS, Windows) workers load the tokenizer themselves."""
+    import llt.data.encode as enc
+
+    src = write_jsonl(tmp_path / "qa.jsonl", QA[:100])
+    _, forked = encode(tmp_path, tiny_tok_dir, [src], encode_type="qa", corpus_name="fork", num_workers=2)
+    monkeypatch.setattr(enc.mp, "get_all_start_methods", lambda: ["spawn"])
+    _, spawned = encode(tmp_path, tiny_tok_dir, [src], encode_type="qa", corpus_name="spawn", num_workers=2)
+    strip = lambda corpus: [(t, m.tolist(), d) for t, m, d in read_corpus(corpus)]
+    assert strip(forked) == strip(spawned)
