@@ -29,7 +29,8 @@ def str2bool(value: str) -> bool:
 
 def dataclass_parser(cls, prog: str, description: str = "") -> argparse.ArgumentParser:
     """An ArgumentParser with one flag per field of dataclass `cls`."""
-    parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__)
+    parser = argparse.ArgumentParser(prog=prog, description=description or cls.__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
@@ -57,6 +58,6 @@ def dataclass_parser(cls, prog: str, description: str = "") -> argparse.Argument
     return parser
 
 
-def parse_dataclass(cls, argv: list[str], prog: str):
+def parse_dataclass(cls, argv: list[str], prog: str, description: str = ""):
     """Build `cls` from command-line `argv`; unknown flags are an error."""
-    return cls(**vars(dataclass_parser(cls, prog).parse_args(argv)))
+    return cls(**vars(dataclass_parser(cls, prog, description).parse_args(argv)))

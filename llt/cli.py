@@ -23,7 +23,8 @@ def _encode(argv: list[str]) -> int:
     from llt.data.encode import run_encode
     from llt.data.manifest import describe
 
-    args = parse_dataclass(EncodeArgs, argv, "llt encode")
+    args = parse_dataclass(EncodeArgs, argv, "llt encode",
+                           "Tokenize user data into llt shards (format: docs/format.md).")
     manifest = run_encode(args)
     print(describe(manifest, Path(args.output_path) / args.corpus_name))
     return 0
