@@ -149,3 +149,52 @@ def test_failed_overwrite_keeps_the_finished_corpus(tmp_path, tiny_tok_dir):
     with pytest.raises(LltError, match=r"bad\.jsonl: line 2"):
         encode(tmp_path, tiny_tok_dir, [bad], max_length=16, overwrite=True)
     assert {p.name: p.read_bytes() for p in corpus.iterdir()} == before
+
+
+def test_kill_9_leaves_nothing_a_reader_trusts_and_the_same_command_finishes(tmp_path, tiny_tok_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from llt.cli import main
+    from llt.data.manifest import find_corpora
+
+    loader = tmp_path / "loader.py"
+    loader.write_text(
+        "import os, time\n"
+        "def data_loader():\n"
+        "    for i in range(6000):\n"
+        "        yield f'document number {i} ' * 4\n"
+        "        if i == 4000 and os.environ.get('HANG'):\n"
+        "            time.sleep(120)\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "llt", "encode", "--tokenizer_path", str(tiny_tok_dir),
+           "--data_loader_path", str(loader), "--output_path", str(out), "--corpus_name", "c",
+           "--max_length", "32", "--tokens_per_file", "2000", "--num_workers", "2"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "HANG": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    partial = out / "c" / ".llt-partial"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(partial.rglob("*.idx.part"))) < 2:
+        time.sleep(0.1)
+    assert list(partial.rglob("*.idx.part")), "the encoder never wrote a shard"
+    workers = psutil.Process(proc.pid).children()
+    assert len(workers) == 2
+    os.kill(proc.pid, signal.SIGKILL)  # the parent only: its workers are orphaned
+    proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=15)
+    assert not alive, "orphaned workers kept running"
+    corpus = out / "c"
+    assert not (corpus / "summary.json").exists()
+    assert not [p for p in corpus.iterdir() if p.suffix in (".bin", ".idx")]
+    assert find_corpora(out) == []
+    # the same command, run again, starts over and finishes
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not partial.exists()
+    assert main(["verify", str(corpus)]) == 0
+    assert read_corpus(corpus) and json.loads((corpus / "summary.json").read_text())["stats"]["records"] == 6000

@@ -19,6 +19,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -114,13 +115,31 @@ class _Job:
     info: TokenizerInfo
     dtype: str
     tmp_dir: Path
+    parent_pid: int = 0
     parts: list[Part] = field(default_factory=list)
     tokenizer_threads: int = 2
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this worker when the parent dies (kill -9 included).
+
+    Without it an orphaned worker blocks forever on its queue (it holds the pipe's write
+    end itself, so it never sees EOF). Elsewhere the per-batch `getppid` check is all.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _worker(k: int, job: _Job, inbox, results, progress) -> None:
     """Encode this worker's parts and streamed batches; report stats or an error."""
     try:
+        _die_with_parent(job.parent_pid)
         args = job.args
         # tokenizers' parallel path, 2+ threads a worker. Measured on Qwen2.5 + wiki_en (2
         # cores): it costs 2.0-2.3 us of CPU a token against 2.4-2.8 with parallelism off
@@ -139,16 +158,23 @@ def _worker(k: int, job: _Job, inbox, results, progress) -> None:
             args.encode_type, [args.q_field, args.a_field])
 
         def feed(records, where):
+            if os.getppid() != job.parent_pid:
+                os._exit(1)  # the parent was killed: stop rather than write for nobody
             sink.add(builder.encode(records, where))
             progress[k] = sink.stats.tokens + (sink.packer.pending_tokens if sink.packer else 0)
 
         for part in job.parts:
             for records, where in part_batches(part, args.batch_size, columns):
                 feed(records, where)
-        if inbox is not None:
-            while (item := inbox.get()) is not None:
-                records, wheres = item
-                feed(records, wheres.__getitem__)
+        while inbox is not None:
+            try:
+                item = inbox.get(timeout=1.0)
+            except queue.Empty:
+                item = ((), ())  # a chance to notice a dead parent
+            if item is None:
+                break
+            records, wheres = item
+            feed(records, wheres.__getitem__)
         sink.add(builder.finish())
         shards = sink.close()
         progress[k] = sink.stats.tokens
@@ -221,8 +247,10 @@ def run_encode(args: EncodeArgs, progress_bar: bool = True) -> dict:
     inputs = find_inputs(args.input_path)
     corpus_dir = Path(args.output_path) / args.corpus_name
     old = _prepare_output(corpus_dir, args.corpus_name, args.overwrite)
-    tmp_dir = corpus_dir / PARTIAL_DIR
-    shutil.rmtree(tmp_dir, ignore_errors=True)  # leftovers of a killed run are never trusted
+    # Leftovers of a killed run are never trusted. This run writes into a folder of its
+    # own, so a worker orphaned by a killed run can never write into this run's files.
+    shutil.rmtree(corpus_dir / PARTIAL_DIR, ignore_errors=True)
+    tmp_dir = corpus_dir / PARTIAL_DIR / f"run-{os.getpid()}-{time.time_ns()}"
     tmp_dir.mkdir(parents=True)
 
     n_workers = args.num_workers or _available_cores()
@@ -236,7 +264,7 @@ def run_encode(args: EncodeArgs, progress_bar: bool = True) -> dict:
     _TOKENIZER = tok
     procs = []
     for k in range(n_procs):
-        job = _Job(args, info, dtype, tmp_dir, groups[k] if k < len(groups) else [],
+        job = _Job(args, info, dtype, tmp_dir, os.getpid(), groups[k] if k < len(groups) else [],
                    tokenizer_threads=max(2, -(-_available_cores() // n_procs)))
         procs.append(ctx.Process(target=_worker, args=(k, job, inboxes[k], results, progress),
                                  daemon=True, name=f"llt-encode-{k}"))
@@ -280,7 +308,7 @@ def run_encode(args: EncodeArgs, progress_bar: bool = True) -> dict:
     except BaseException:
         for p in procs:
             p.kill()
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        shutil.rmtree(corpus_dir / PARTIAL_DIR, ignore_errors=True)
         if not any(corpus_dir.iterdir()):
             corpus_dir.rmdir()  # it was made for this run: leave no trace
         raise
@@ -296,7 +324,7 @@ def run_encode(args: EncodeArgs, progress_bar: bool = True) -> dict:
         stats.add(done[k][2])
         shards += done[k][3]
     entries = _finalize(corpus_dir, args.corpus_name, shards, old)
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    shutil.rmtree(corpus_dir / PARTIAL_DIR, ignore_errors=True)
     seconds = time.time() - t0
     manifest = write_manifest(corpus_dir, args=asdict(args), info=info, dtype=dtype,
                               stats=stats, shards=entries, seconds=seconds)
