@@ -3,6 +3,8 @@
     llt encode --help      user data -> token shards
     llt inspect PATH       counts, length histogram, decoded samples with trained tokens marked
     llt verify PATH        checksums, headers, id ranges of every shard
+    llt train --help       train on shards (recipes/sft.py on one device; use
+                           `accelerate launch recipes/sft.py` for several)
     llt quickstart         the README's first command: a small end-to-end run, offline
 """
 
@@ -48,7 +50,13 @@ def _quickstart(argv: list[str]) -> int:
     return main(argv)
 
 
-COMMANDS = {"encode": _encode, "inspect": _inspect, "verify": _verify, "quickstart": _quickstart}
+def _train(argv: list[str]) -> int:
+    from llt.train.sft import main
+
+    return main(argv)
+
+
+COMMANDS = {"train": _train, "encode": _encode, "inspect": _inspect, "verify": _verify, "quickstart": _quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:

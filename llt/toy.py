@@ -66,3 +66,19 @@ def build_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 400):
     tok.chat_template = CHATML
     tok.save_pretrained(str(out_dir))
     return tok
+
+
+def build_tiny_model(out_dir: Path, vocab_size: int, hidden: int = 64, layers: int = 2,
+                     heads: int = 4, seed: int = 0, max_positions: int = 2048) -> Path:
+    """A randomly initialised tiny Llama saved as a HF model folder (fp32 safetensors)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=heads,
+                         num_key_value_heads=max(1, heads // 2), max_position_embeddings=max_positions,
+                         tie_word_embeddings=False, use_cache=False)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(str(out_dir))
+    return Path(out_dir)

@@ -74,3 +74,54 @@ def read_corpus(corpus: Path) -> list[tuple[list[int], np.ndarray, list[int]]]:
         r = ShardReader(corpus / f"{shard['name']}.idx")
         out += [(r.tokens(i).tolist(), r.loss_mask(i), r.doc_starts(i).tolist()) for i in range(len(r))]
     return out
+
+
+# ---- training fixtures: a tiny Llama and corpora made from the toy data ----
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tok_dir, tiny_tok) -> Path:
+    """A 2-layer Llama with the tiny tokenizer saved beside it (a complete HF folder)."""
+    from llt.toy import build_tiny_model
+
+    out = tmp_path_factory.mktemp("model") / "tiny-llama"
+    build_tiny_model(out, len(tiny_tok))
+    tiny_tok.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def toy_corpora(tmp_path_factory, tiny_tok_dir) -> dict[str, Path]:
+    """qa packed (128), qa unpacked, and pretrain text (64) corpora of the toy data."""
+    from llt.toy import write_jsonl
+
+    root = tmp_path_factory.mktemp("corpora")
+    docs, qa = toy_records(300, seed=1)
+    text = write_jsonl(root / "text.jsonl", docs)
+    qa_path = write_jsonl(root / "qa.jsonl", qa)
+    out = {}
+    for name, path, kw in (("qa_packed", qa_path, dict(encode_type="qa", max_length=128, merge_data=True)),
+                           ("qa", qa_path, dict(encode_type="qa", max_length=128)),
+                           ("text", text, dict(encode_type="pretrain", max_length=64))):
+        _, out[name] = encode(root, tiny_tok_dir, [path], corpus_name=name, **kw)
+    return out
+
+
+def train(argv: list[str]) -> int:
+    """Run the training recipe in-process (plain `python recipes/sft.py` semantics)."""
+    from llt.train.sft import main
+
+    return main(["--deepspeed_config_path", "none", "--use_cpu", "--report_to", "none",
+                 "--disable_tqdm", "true", *argv])
+
+
+def run_folder(output_path: Path) -> Path:
+    runs = sorted(p for p in Path(output_path).iterdir() if p.is_dir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def logged_losses(folder: Path) -> dict[int, float]:
+    import json
+
+    history = json.loads((Path(folder) / "trainer_state.json").read_text())["log_history"]
+    return {e["step"]: e["loss"] for e in history if "loss" in e}

@@ -1,0 +1,144 @@
+"""The torch `Dataset` over encoded shards: every `.idx`/`.bin` pair under `--data_path`.
+
+Samples are read through memory maps opened lazily in each DataLoader worker (a
+`ShardReader` pickles without its map), so start-up costs one header read per shard and
+a sample costs two index lookups and one zero-copy slice, whatever the corpus size.
+"""
+
+from __future__ import annotations
+
+import bisect
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llt.data.format import ShardReader
+from llt.data.manifest import MANIFEST
+from llt.errors import LltError
+
+IGNORE_INDEX = -100  # the label transformers' losses skip
+
+
+class DataError(LltError, ValueError):
+    """Training data that cannot be used; the message names the path."""
+
+
+def find_shards(data_path: str | Path | list) -> list[Path]:
+    """Every shard index under `data_path` (a corpus, a folder of corpora, one `.idx`,
+    or a list of these), sorted by path so the sample order is the same on every rank.
+
+    Shards of an unfinished encode (a corpus folder with `.llt-partial/` and no
+    `summary.json`) are refused: they may be missing samples.
+    """
+    paths = data_path if isinstance(data_path, (list, tuple)) else [data_path]
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file() and p.suffix in (".idx", ".bin"):
+            found.append(p.with_suffix(".idx"))
+            continue
+        if not p.is_dir():
+            raise DataError(f"--data_path {p}: no such file or folder")
+        hits = sorted(q for q in p.rglob("*.idx") if ".llt-partial" not in q.parts)
+        if not hits:
+            raise DataError(f"--data_path {p}: no .idx/.bin shards under it; "
+                            "make them with `llt encode`")
+        for q in hits:
+            if (q.parent / ".llt-partial").exists() and not (q.parent / MANIFEST).exists():
+                raise DataError(f"--data_path: {q.parent} is an unfinished encode (no {MANIFEST}); "
+                                "re-run the `llt encode` command that made it")
+        found += hits
+    return sorted(set(found))
+
+
+class ShardDataset(torch.utils.data.Dataset):
+    """Samples as `{"input_ids", "labels", "doc_starts"}` int64 numpy arrays.
+
+    `labels` are the ids where the stored loss mask trains them and -100 elsewhere, and
+    also -100 at the first token of every packed document: nothing inside a document
+    predicts it, and once samples are laid end to end (padding-free batches) the previous
+    document's last token must not learn to predict it either.
+
+    A negative index `~i` returns sample i with every label -100: the sampler uses it to
+    give each rank the same number of steps at the end of an epoch without training on
+    any sample twice.
+
+    Examples:
+        >>> ds = ShardDataset("out/qa")            # doctest: +SKIP
+        >>> ds[0]["labels"][:6]                    # doctest: +SKIP
+        array([-100, -100, -100, -100,  412,   29])
+    """
+
+    def __init__(self, data_path: str | Path | list):
+        self.paths = find_shards(data_path)
+        self.readers = [ShardReader(p) for p in self.paths]
+        counts = [len(r) for r in self.readers]
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.headers = [r.header for r in self.readers]
+        prints = {h.get("tokenizer_fingerprint") for h in self.headers}
+        if len(prints) > 1:
+            by = {}
+            for p, h in zip(self.paths, self.headers):
+                by.setdefault(h.get("tokenizer_fingerprint"), p)
+            a, b = list(by.values())[:2]
+            raise DataError(f"--data_path: {a} and {b} were encoded with different tokenizers; "
+                            "train on shards from one tokenizer")
+        if len(self) == 0:
+            raise DataError(f"--data_path {data_path}: the shards hold no samples")
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.headers[0].get("tokenizer_fingerprint")
+
+    @property
+    def vocab_size(self) -> int:
+        return max(h["vocab_size"] for h in self.headers)
+
+    @property
+    def packed(self) -> bool:
+        """Whether any sample holds more than one document."""
+        return any(h.get("n_docs", h["n_samples"]) > h["n_samples"] for h in self.headers)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(h["n_tokens"] for h in self.headers)
+
+    def lengths(self) -> np.ndarray:
+        """Every sample's length in tokens, in dataset order."""
+        return np.concatenate([r.lengths for r in self.readers])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, i: int) -> tuple[ShardReader, int]:
+        s = bisect.bisect_right(self.offsets, i) - 1
+        return self.readers[s], i - int(self.offsets[s])
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        filler = i < 0
+        if filler:
+            i = ~i
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample {i} out of range for {len(self)} samples")
+        reader, j = self.locate(i)
+        ids = reader.tokens(j).astype(np.int64)
+        starts = reader.doc_starts(j)
+        if filler:
+            labels = np.full_like(ids, IGNORE_INDEX)
+        else:
+            labels = ids.copy()
+            for lo, hi in _gaps(reader.loss_spans(j), len(ids)):
+                labels[lo:hi] = IGNORE_INDEX
+            labels[starts] = IGNORE_INDEX
+        return {"input_ids": ids, "labels": labels, "doc_starts": starts}
+
+
+def _gaps(spans: np.ndarray, length: int):
+    """The (start, end) ranges not covered by sorted `spans`."""
+    pos = 0
+    for lo, hi in spans:
+        if lo > pos:
+            yield pos, int(lo)
+        pos = max(pos, int(hi))
+    if pos < length:
+        yield pos, length

@@ -1,0 +1,88 @@
+"""The training sample order: deterministic, sharded across ranks, resumable in O(1).
+
+The global order of an epoch depends only on `(seed, epoch)` and the number of
+samples, never on the number of processes. Micro-step k of an epoch takes the next
+`batch_size * world_size` samples of that order, and rank r takes every world_size-th
+of them starting at r. So every sample is trained exactly once per epoch, and the
+position `(epoch, step)` saved with a checkpoint says where to go on.
+
+At the end of an epoch, a rank left without a sample gets a filler (`~i`: a sample
+whose labels are all -100): every rank must run the same number of steps or the
+gradient all-reduce hangs, and the filler adds nothing to the loss or the gradients.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+
+class EpochBatchSampler:
+    """Yields this rank's micro-batches (lists of dataset indices) for the current epoch.
+
+    `resume_at(epoch, step)` makes the next iteration of `epoch` start at micro-step
+    `step`. transformers' Trainer, resuming, wraps the sampler in accelerate's
+    `SkipBatchSampler`, which drops the first `step` batches by iterating over them;
+    they are yielded as `None`, so dropping them costs nothing instead of building
+    millions of index lists.
+
+    Examples:
+        >>> s = EpochBatchSampler(5, batch_size=2, world_size=1, rank=0, shuffle=False)
+        >>> list(s)
+        [[0, 1], [2, 3], [4]]
+        >>> [list(EpochBatchSampler(5, 1, world_size=2, rank=r, shuffle=False)) for r in (0, 1)]
+        [[[0], [2], [4]], [[1], [3], [-5]]]
+    """
+
+    def __init__(self, n_samples: int, batch_size: int, world_size: int = 1, rank: int = 0,
+                 shuffle: bool = True, seed: int = 42):
+        if n_samples < 1:
+            raise ValueError("no samples to train on")
+        self.n, self.batch_size, self.world_size, self.rank = n_samples, batch_size, world_size, rank
+        self.shuffle, self.seed = shuffle, seed
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.global_batch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def resume_at(self, epoch: int, step: int) -> None:
+        self._resume = (int(epoch), int(step))
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The global sample order of `epoch`, the same on every rank."""
+        if not self.shuffle:
+            return np.arange(self.n, dtype=np.int64)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def rank_batch(self, order: np.ndarray, step: int) -> list[int]:
+        chunk = order[step * self.global_batch:(step + 1) * self.global_batch]
+        mine = chunk[self.rank::self.world_size]
+        if len(mine) == 0:
+            return [~int(chunk[0])]
+        return mine.tolist()
+
+    def __iter__(self):
+        epoch, start = self.epoch, 0
+        if self._resume and self._resume[0] == epoch:
+            start = self._resume[1]
+            self._resume = None
+            yield from itertools.repeat(None, start)
+        order = self.order(epoch)
+        for step in range(start, len(self)):
+            yield self.rank_batch(order, step)
+
+    def state(self, epoch: int, step: int) -> dict:
+        """What a checkpoint stores to resume the data exactly."""
+        return {"epoch": epoch, "step": step, "samples_seen_in_epoch": min(step * self.global_batch, self.n),
+                "n_samples": self.n, "batch_size": self.batch_size, "world_size": self.world_size,
+                "shuffle": self.shuffle, "seed": self.seed}

@@ -1,0 +1,151 @@
+"""Trainer callbacks: throughput and MFU, loss history and plot, save schedule.
+
+Cross-cutting behaviour lives here rather than in `LltTrainer`, which only feeds the
+throughput meter the batches it trains on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+# Dense bf16 peak TFLOPS by GPU name (vendor datasheets, no sparsity).
+PEAK_TFLOPS = {
+    "H200": 989.5, "H100 SXM": 989.5, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.5,
+    "GH200": 989.5, "B200": 2250.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0, "L40": 181.0,
+    "L4": 121.0, "A10G": 70.0, "A10": 125.0, "RTX 4090": 165.2, "RTX 3090": 71.0,
+    "A6000": 154.8, "V100": 125.0, "T4": 65.0,
+}
+
+
+def peak_tflops(override: float | None = None) -> float | None:
+    """The device's dense bf16 peak; None on CPU or an unknown GPU (then no MFU is logged)."""
+    if override:
+        return override
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    for key in sorted(PEAK_TFLOPS, key=len, reverse=True):
+        if key in name:
+            return PEAK_TFLOPS[key]
+    return None
+
+
+class ThroughputCallback(TrainerCallback):
+    """Logs trained tokens/s (tokens whose label is trained on, over all ranks), input
+    tokens/s (padding excluded) and MFU.
+
+    FLOPs per step = 6 * matmul_params * tokens + 12 * layers * attn_width * pairs, where
+    `pairs` is the number of causal query-key pairs summed over documents, not over
+    packed rows or padded widths (sum over tokens of position + 1); see `observe`.
+    The collator computes the counts on the CPU; they are summed on the device and read
+    only when a log line is written.
+    """
+
+    def __init__(self, flops_info: dict, peak: float | None = None):
+        self.info, self.peak = flops_info, peak
+        self.counts: torch.Tensor | None = None
+        self.totals = [0.0, 0.0, 0.0]
+        self.last_time: float | None = None
+
+    def observe(self, counts: torch.Tensor) -> None:
+        """Add a batch's `llt_counts` (trained tokens, input tokens, attention pairs)."""
+        self.counts = counts.double() if self.counts is None else self.counts + counts
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.last_time = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs is None or "loss" not in logs or self.last_time is None:
+            return
+        now = time.perf_counter()
+        dt, self.last_time = now - self.last_time, now
+        counts = self.counts if self.counts is not None else torch.zeros(3, dtype=torch.float64)
+        self.counts = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            counts = counts.to(args.device)
+            torch.distributed.all_reduce(counts)
+        trained, tokens, pairs = counts.tolist()
+        self.totals = [a + b for a, b in zip(self.totals, (trained, tokens, pairs))]
+        figures = {
+            "trained_tokens_per_second": round(trained / dt, 1),
+            "tokens_per_second": round(tokens / dt, 1),
+            "trained_tokens_seen": int(self.totals[0]),
+        }
+        flops = (6 * self.info["matmul_params"] * tokens
+                 + 12 * self.info["layers"] * self.info["attn_width"] * pairs)
+        if self.peak:
+            figures["mfu"] = round(flops / dt / (self.peak * 1e12 * max(args.world_size, 1)), 4)
+        logs.update(figures)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(figures)
+
+
+def loss_history(state) -> list[dict]:
+    return [e for e in state.log_history if "loss" in e or "eval_loss" in e]
+
+
+def write_loss_report(folder: str | Path, state) -> None:
+    """`loss_history.json` and `loss.png` (loss against optimizer step) in `folder`."""
+    folder = Path(folder)
+    history = loss_history(state)
+    (folder / "loss_history.json").write_text(json.dumps(history, indent=1))
+    points = [(e["step"], e["loss"]) for e in history if "loss" in e]
+    if not points:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(*zip(*points), label="train loss")
+    evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "loss.png")
+    plt.close(fig)
+
+
+class LossReportCallback(TrainerCallback):
+    """Writes the loss history and its plot into every checkpoint and the run folder."""
+
+    def on_save(self, args, state, control, **kw):
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and ckpt.is_dir():
+            write_loss_report(ckpt, state)
+
+    def on_train_end(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+            write_loss_report(args.output_dir, state)
+
+
+class SaveScheduleCallback(TrainerCallback):
+    """Saves every `save_epochs` epochs and once at the end (`save_final`), on top of
+    HF's `--save_steps`."""
+
+    def __init__(self, save_epochs: int = 0, save_final: bool = True):
+        self.save_epochs, self.save_final = save_epochs, save_final
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.save_final and state.global_step >= state.max_steps:
+            control.should_save = True
+
+    def on_epoch_end(self, args, state, control, **kw):
+        done = round(state.epoch or 0)
+        if self.save_epochs and done and done % self.save_epochs == 0 and abs(state.epoch - done) < 1e-6:
+            control.should_save = True
+
+
+def main_process_first_env() -> bool:
+    return os.environ.get("LOCAL_RANK", "0") == "0"

@@ -1,0 +1,24 @@
+"""Choosing the collator from `--padding` and the model's attention implementation."""
+
+from __future__ import annotations
+
+from llt.data.collate import PaddedCollator, PaddingFreeCollator
+from llt.train.config import ConfigError
+
+
+def make_collator(data_args, dataset, tokenizer, model):
+    if data_args.padding == "free":
+        attn = getattr(model.config, "_attn_implementation", None) or "sdpa"
+        # flash-attention's varlen kernel costs per document: one flat row, no padding.
+        # sdpa/eager cost the square of the row: one row per sample.
+        flat = attn.startswith("flash_attention")
+        return PaddingFreeCollator(flat=flat, flash_kwargs=flat, pad_token_id=tokenizer.pad_token_id,
+                                   pad_to_multiple_of=data_args.pad_to_multiple_of)
+    if dataset.packed:
+        raise ConfigError(f"--padding {data_args.padding}: the shards under --data_path pack several "
+                          "documents per sample, which a padded row would let attend to each other; "
+                          "use --padding free")
+    pad_to = None
+    if data_args.padding == "max_length":
+        pad_to = max(h.get("max_length") or 0 for h in dataset.headers) or None
+    return PaddedCollator(tokenizer.pad_token_id, data_args.pad_to_multiple_of, pad_to)

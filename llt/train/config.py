@@ -1,0 +1,192 @@
+"""Training configuration: four typed dataclasses, one flag per field.
+
+`ModelArguments`, `DataArguments`, `LoraArguments` and `LltTrainingArguments` (HF's
+`TrainingArguments` extended) are parsed together by `llt.train.parse.parse_args`: a
+YAML recipe gives defaults, command-line flags override it. The seed trainer's flags
+keep working: `--max_epochs`, `--load_ckpt_path` and `--deepspeed_config_path` are
+aliases of HF's `--num_train_epochs`, `--resume_from_checkpoint` and `--deepspeed`;
+`--output_path`/`--save_name` name a timestamped run folder; `--save_optimizer` makes
+checkpoints resumable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from transformers import TrainingArguments
+
+from llt.errors import LltError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = PROJECT_ROOT / "configs"
+
+
+class ConfigError(LltError, ValueError):
+    """A flag or recipe value that cannot work; the message names the flag."""
+
+
+@dataclass
+class ModelArguments:
+    model_path: str | None = field(default=None, metadata={
+        "help": "HF model folder (or hub id) to start from. Required."})
+    tokenizer_path: str | None = field(default=None, metadata={
+        "help": "tokenizer folder; default: --model_path"})
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "flex_attention", "eager"] = field(
+        default="auto", metadata={"help": "auto: flash_attention_2 when flash-attn is installed and "
+                                          "a CUDA GPU is used, else sdpa"})
+    add_tokens: list[str] | None = field(default=None, metadata={
+        "help": "special tokens to add (space- or comma-separated); their embedding rows start "
+                "as the mean of the existing ones and are trained, with LoRA too"})
+
+
+@dataclass
+class DataArguments:
+    data_path: list[str] | None = field(default=None, metadata={
+        "help": "corpus folder(s) from `llt encode`; every .idx/.bin under them is used. Required."})
+    shuffle_data: bool = field(default=True, metadata={
+        "help": "shuffle the sample order each epoch (from --seed/--data_seed and the epoch)"})
+    padding: Literal["free", "longest", "max_length"] = field(default="free", metadata={
+        "help": "free: a micro-batch's samples end to end in one row, positions restarting per "
+                "document (no padding, no cross-document attention); longest: pad to the "
+                "batch's longest sample; max_length: pad to the corpus max_length (the seed's way)"})
+    pad_to_multiple_of: int | None = field(default=None, metadata={
+        "help": "with --padding longest: round the padded length up to a multiple of this"})
+
+
+@dataclass
+class LoraArguments:
+    use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of all weights"})
+    lora_config_path: str = field(default=str(CONFIGS / "lora.json"), metadata={
+        "help": "JSON of peft.LoraConfig fields (r, lora_alpha, lora_dropout, target_modules, ...)"})
+
+
+@dataclass
+class LltTrainingArguments(TrainingArguments):
+    """HF `TrainingArguments` with llt's defaults and the seed's flags."""
+
+    output_dir: str | None = field(default=None, metadata={
+        "help": "run folder; default: <output_path>/<save_name>-<YYYYmmdd-HHMMSS>"})
+    output_path: str = field(default="output", metadata={"help": "folder that holds run folders"})
+    save_name: str = field(default="run", metadata={"help": "run folder name, before its timestamp"})
+    num_train_epochs: float = field(default=1.0, metadata={
+        "aliases": ["--max_epochs"], "help": "epochs to train (--max_steps > 0 wins)"})
+    deepspeed: str | None = field(default="auto", metadata={
+        "aliases": ["--deepspeed_config_path"],
+        "help": "DeepSpeed JSON; auto: configs/deepspeed/zero2.json on CUDA when deepspeed is "
+                "installed, none on CPU; none: no DeepSpeed"})
+    resume_from_checkpoint: str | None = field(default=None, metadata={
+        "aliases": ["--load_ckpt_path"],
+        "help": "checkpoint saved with --save_optimizer to resume exactly (next sample, LR, RNG)"})
+    save_steps: float = field(default=0, metadata={
+        "help": "save a checkpoint every N optimizer steps (0: never by steps)"})
+    save_epochs: int = field(default=0, metadata={"help": "save a checkpoint every N epochs (0: never by epochs)"})
+    save_final: bool = field(default=True, metadata={"help": "save a checkpoint when training ends"})
+    save_optimizer: bool = field(default=False, metadata={
+        "help": "also save optimizer, scheduler, RNG and data position: the checkpoint can resume"})
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = field(default="auto", metadata={
+        "help": "auto: bf16 on GPUs that support it, else fp32"})
+    peak_tflops: float | None = field(default=None, metadata={
+        "help": "device peak TFLOPS for the MFU figure; default: looked up from the GPU's name"})
+    logging_steps: float = field(default=10, metadata={"help": "log every N optimizer steps"})
+    remove_unused_columns: bool = field(default=False, metadata={
+        "help": "kept False: llt's collators need the document starts"})
+
+    def __post_init__(self):
+        self._llt_resolve()
+        super().__post_init__()
+        if self._stamp_run:
+            self.output_dir = str(Path(self.output_path) / f"{self.save_name}-{_run_stamp(self)}")
+
+    def _llt_resolve(self) -> None:
+        """Turn llt's flags into HF's before HF validates them."""
+        self.deepspeed = resolve_deepspeed(self.deepspeed)
+        self.save_only_model = not self.save_optimizer
+        if self.save_steps and self.save_steps > 0:
+            self.save_strategy = "steps"
+        else:
+            self.save_strategy, self.save_steps = "no", 500
+        if self.save_epochs < 0:
+            raise ConfigError(f"--save_epochs {self.save_epochs}: must be 0 or more")
+        if self.precision == "auto":
+            self.bf16 = self.bf16 or _bf16_supported(self)
+        elif self.precision == "bf16":
+            self.bf16 = True
+        elif self.precision == "fp16":
+            self.fp16 = True
+        self._stamp_run = self.output_dir is None
+        if self._stamp_run:
+            self.output_dir = str(Path(self.output_path) / self.save_name)  # replaced after init
+
+
+def resolve_deepspeed(value: str | None) -> str | None:
+    """`--deepspeed_config_path` to a JSON path or None.
+
+    Examples:
+        >>> resolve_deepspeed("none") is None
+        True
+    """
+    if value in (None, "", "none", "None", "false", "False"):
+        return None
+    if value == "auto":
+        import torch
+        if not torch.cuda.is_available():
+            return None
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            return None
+        return str(CONFIGS / "deepspeed" / "zero2.json")
+    if isinstance(value, dict):
+        return value
+    path = project_path(value)
+    if not path.is_file() and (CONFIGS / "deepspeed" / value).is_file():
+        path = CONFIGS / "deepspeed" / value
+    if not path.is_file():
+        raise ConfigError(f"--deepspeed_config_path {value}: no such file (shipped: "
+                          f"{', '.join(sorted(p.name for p in (CONFIGS / 'deepspeed').glob('*.json')))})")
+    return str(path)
+
+
+def project_path(value: str) -> Path:
+    """`value` as given when it exists, else relative to the llt checkout, so recipes can
+    name `configs/...` and still work when launched from another folder."""
+    path = Path(value)
+    if not path.exists() and not path.is_absolute() and (PROJECT_ROOT / path).exists():
+        return PROJECT_ROOT / path
+    return path
+
+
+def _bf16_supported(args) -> bool:
+    import torch
+    return bool(not args.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def _run_stamp(args) -> str:
+    """The run folder's timestamp, taken on rank 0 and shared, so every rank writes to
+    the same folder even when they start on different seconds."""
+    stamp = [time.strftime("%Y%m%d-%H%M%S")]
+    if args.world_size > 1:
+        from accelerate.utils import broadcast_object_list
+        broadcast_object_list(stamp, from_process=0)
+    return stamp[0]
+
+
+def split_tokens(values: list[str] | None) -> list[str]:
+    """`--add_tokens "<a>,<b>" "<c>"` -> ["<a>", "<b>", "<c>"].
+
+    Examples:
+        >>> split_tokens(["<a>,<b>", "<c>"])
+        ['<a>', '<b>', '<c>']
+    """
+    out: list[str] = []
+    for v in values or []:
+        out += [t.strip() for t in v.split(",") if t.strip()]
+    return out
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")

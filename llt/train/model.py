@@ -1,0 +1,165 @@
+"""Tokenizer and model loading: attention implementation, dtype, added tokens, LoRA."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from llt.train.config import ConfigError, project_path, split_tokens
+
+log = logging.getLogger("llt")
+
+
+def pick_attn_implementation(requested: str, use_cpu: bool = False) -> str:
+    """`auto`: flash-attention 2 when the package is installed and a CUDA GPU is in use
+    (its varlen kernel takes padding-free batches as they are), else PyTorch's sdpa."""
+    if requested != "auto":
+        return requested
+    if not use_cpu and torch.cuda.is_available():
+        try:
+            import flash_attn  # noqa: F401
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def load_tokenizer(model_args):
+    """The tokenizer, with `--add_tokens` added as special tokens; returns (tok, new_ids)."""
+    from transformers import AutoTokenizer
+
+    path = model_args.tokenizer_path or model_args.model_path
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--tokenizer_path/--model_path {path}: cannot load a tokenizer ({e})") from None
+    new = [t for t in split_tokens(model_args.add_tokens) if t not in tok.get_vocab()]
+    if new:
+        tok.add_tokens(new, special_tokens=True)
+    new_ids = tok.convert_tokens_to_ids(new)
+    if tok.pad_token is None:
+        # Padding positions are masked out of attention and loss; any id will do.
+        tok.pad_token = tok.eos_token
+    return tok, new_ids
+
+
+def load_model(model_args, train_args, tok, new_token_ids: list[int]):
+    """The causal LM in training dtype, cache off, embeddings grown for added tokens."""
+    from transformers import AutoModelForCausalLM
+
+    attn = pick_attn_implementation(model_args.attn_implementation, train_args.use_cpu)
+    dtype = torch.bfloat16 if train_args.bf16 else torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_args.model_path, dtype=dtype,
+                                                     attn_implementation=attn)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--model_path {model_args.model_path}: cannot load a causal LM ({e})") from None
+    # Padding-free batches isolate documents through position_ids, which transformers only
+    # honours when no KV cache is built; a cache is useless in training anyway.
+    model.config.use_cache = False
+    if new_token_ids:
+        add_token_rows(model, new_token_ids, old_vocab=len(tok) - len(new_token_ids))
+    log.info("llt: model %s, attention %s, dtype %s", model_args.model_path, attn, dtype)
+    return model
+
+
+@torch.no_grad()
+def add_token_rows(model, new_ids: list[int], old_vocab: int) -> None:
+    """Grow the embeddings to hold `new_ids` and set each new row to the mean of the
+    `old_vocab` existing rows: a new token then starts as an 'average' token, which keeps
+    the model's outputs close to what they were (zero or random rows do not)."""
+    from llt.train.checks import embedding_rows
+
+    need = max(new_ids) + 1
+    if need > embedding_rows(model):
+        model.resize_token_embeddings(need, mean_resizing=False)
+    tables = [model.get_input_embeddings().weight]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not tables[0]:
+        tables.append(out.weight)
+    with _gathered(tables):
+        for w in tables:
+            w[new_ids] = w[:old_vocab].mean(dim=0, keepdim=True).to(w.dtype)
+
+
+def _gathered(params):
+    """Full parameters for in-place edits: under ZeRO-3 they are partitioned across
+    ranks, so gather them (rank 0 edits, DeepSpeed scatters the result back)."""
+    import contextlib
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+    return contextlib.nullcontext()
+
+
+def _module_names(model) -> set[str]:
+    return {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+
+
+def apply_lora(model, lora_args, new_token_ids: list[int]):
+    """Wrap `model` in a PEFT LoRA adapter from `--lora_config_path`; rows of added
+    tokens are trained too (PEFT's trainable_token_indices), in the input embedding and,
+    when it is not tied to it, the output head."""
+    from peft import LoraConfig, get_peft_model
+
+    path = project_path(lora_args.lora_config_path)
+    try:
+        cfg = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--lora_config_path {path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--lora_config_path {path}: not valid JSON ({e})") from None
+    cfg.setdefault("task_type", "CAUSAL_LM")
+    targets = cfg.get("target_modules") or []
+    if isinstance(targets, list):
+        have = _module_names(model)
+        missing = [t for t in targets if t not in have]
+        if missing:
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                             if isinstance(m, torch.nn.Linear)})
+            raise ConfigError(f"--lora_config_path {path}: target_modules {missing} are not in "
+                              f"{type(model).__name__}; its linear layers are {linear}")
+    if new_token_ids:
+        emb_name = _name_of(model, model.get_input_embeddings())
+        indices = {emb_name: list(new_token_ids)}
+        out = model.get_output_embeddings()
+        if out is not None and out.weight is not model.get_input_embeddings().weight:
+            indices[_name_of(model, out)] = list(new_token_ids)
+        cfg["trainable_token_indices"] = indices
+    try:
+        config = LoraConfig(**cfg)
+    except TypeError as e:
+        raise ConfigError(f"--lora_config_path {path}: {e}") from None
+    model = get_peft_model(model, config)
+    if getattr(model, "print_trainable_parameters", None):
+        model.print_trainable_parameters()
+    return model
+
+
+def _name_of(model, module) -> str:
+    for name, m in model.named_modules():
+        if m is module:
+            return name.rsplit(".", 1)[-1]
+    raise ConfigError("cannot find the embedding module by name")
+
+
+def flops_per_token_info(model) -> dict:
+    """What the MFU estimate needs: matmul parameters (all but the input embedding
+    lookup, which is a gather) and the attention width times the layer count."""
+    cfg = getattr(model, "config", None)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    emb = base.get_input_embeddings()
+    # ZeRO-3 partitions parameters; ds_numel is the full size.
+    numel = lambda p: getattr(p, "ds_numel", None) or p.numel()  # noqa: E731
+    n = sum(numel(p) for p in base.parameters())
+    out = base.get_output_embeddings()
+    tied = out is not None and out.weight is emb.weight
+    # A tied head still multiplies by the embedding matrix: count it once, as the head.
+    matmul_params = n if tied else n - numel(emb.weight)
+    layers = getattr(cfg, "num_hidden_layers", 0) or 0
+    heads = getattr(cfg, "num_attention_heads", 0) or 0
+    head_dim = getattr(cfg, "head_dim", None) or (getattr(cfg, "hidden_size", 0) // max(heads, 1))
+    return {"matmul_params": int(matmul_params), "layers": int(layers), "attn_width": int(heads * head_dim)}

@@ -1,0 +1,79 @@
+"""Command line and YAML recipe -> the four training dataclasses.
+
+    python recipes/sft.py --config recipes/lora_sft.yaml --model_path M --data_path D
+
+The YAML file gives defaults (any field of the four dataclasses, by its name or a seed
+alias such as `max_epochs`); flags on the command line override it. An unknown key in
+the file or an unknown flag is an error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+from llt.train.config import (ConfigError, DataArguments, LltTrainingArguments, LoraArguments,
+                              ModelArguments)
+
+DATACLASSES = (ModelArguments, DataArguments, LoraArguments, LltTrainingArguments)
+
+
+def build_parser() -> HfArgumentParser:
+    return HfArgumentParser(DATACLASSES)
+
+
+def _split_config(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Take `--config FILE` (or a leading `FILE.yaml`) out of argv."""
+    argv = list(argv)
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        return argv[0], argv[1:]
+    for i, a in enumerate(argv):
+        if a == "--config":
+            if i + 1 >= len(argv):
+                raise ConfigError("--config: expected a YAML file after it")
+            return argv[i + 1], argv[:i] + argv[i + 2:]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1], argv[:i] + argv[i + 1:]
+    return None, argv
+
+
+def read_recipe(path: str, parser: HfArgumentParser) -> dict:
+    """A YAML recipe as parser defaults; keys are checked against the flags."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of flag: value, got {type(data).__name__}")
+    dest = {}
+    for action in parser._actions:
+        for opt in action.option_strings:
+            if opt.startswith("--"):
+                dest[opt[2:]] = action.dest
+    unknown = sorted(k for k in data if k not in dest)
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown key(s) {', '.join(unknown)}; "
+                          "every key must be a training flag (see --help)")
+    return {dest[k]: v for k, v in data.items()}
+
+
+def parse_args(argv: list[str] | None = None):
+    """(ModelArguments, DataArguments, LoraArguments, LltTrainingArguments) from argv."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    config, rest = _split_config(argv)
+    if config:
+        parser.set_defaults(**read_recipe(config, parser))
+    model_args, data_args, lora_args, train_args = parser.parse_args_into_dataclasses(args=rest)
+    if not model_args.model_path:
+        raise ConfigError("--model_path is required (a HF model folder)")
+    if not data_args.data_path:
+        raise ConfigError("--data_path is required (corpus folders from `llt encode`)")
+    train_args.llt_config_file = config
+    return model_args, data_args, lora_args, train_args

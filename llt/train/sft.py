@@ -1,0 +1,79 @@
+"""Supervised fine-tuning and continued pre-training on llt shards: the recipe's body.
+
+    accelerate launch recipes/sft.py --config recipes/lora_sft.yaml \\
+        --model_path MODEL --data_path out/alpaca
+
+Reads like a table of contents: parse, tokenizer, data, model, LoRA, trainer, train.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from llt.errors import LltError
+
+log = logging.getLogger("llt")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from llt.train.parse import parse_args
+
+    try:
+        model_args, data_args, lora_args, args = parse_args(argv)
+        trainer = build(model_args, data_args, lora_args, args)
+    except LltError as e:
+        print(f"llt train: error: {e}", file=sys.stderr)
+        return 2
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if args.should_save:
+        print(f"llt train: done; run folder {args.output_dir}")
+    return 0
+
+
+def build(model_args, data_args, lora_args, args):
+    """Everything up to `trainer.train()`; every check that can fail runs here."""
+    from llt.data.dataset import ShardDataset
+    from llt.train.callbacks import (LossReportCallback, SaveScheduleCallback, ThroughputCallback,
+                                     peak_tflops)
+    from llt.train.checks import check_data_fits
+    from llt.train.collators import make_collator
+    from llt.train.model import apply_lora, flops_per_token_info, load_model, load_tokenizer
+    from llt.train.trainer import LltTrainer
+
+    logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING,
+                        format="%(message)s")
+    tokenizer, new_ids = load_tokenizer(model_args)
+    dataset = ShardDataset(data_args.data_path)
+    model = load_model(model_args, args, tokenizer, new_ids)
+    check_data_fits(dataset, tokenizer, model, data_args, new_ids)
+    throughput = ThroughputCallback(flops_per_token_info(model), peak_tflops(args.peak_tflops))
+    if lora_args.use_lora:
+        model = apply_lora(model, lora_args, new_ids)
+    trainer = LltTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        data_collator=make_collator(data_args, dataset, tokenizer, model),
+        callbacks=[LossReportCallback(), SaveScheduleCallback(args.save_epochs, args.save_final)],
+        shuffle_data=data_args.shuffle_data, throughput=throughput)
+    if args.resume_from_checkpoint:
+        args.resume_from_checkpoint = trainer.plan_resume(args.resume_from_checkpoint)
+    # First, so the figures it adds reach the printed line and every report_to backend.
+    trainer.callback_handler.callbacks.insert(0, throughput)
+    if args.should_save:
+        save_config(args.output_dir, model_args=model_args, data_args=data_args,
+                    lora_args=lora_args, args=args)
+    return trainer
+
+
+def save_config(folder: str, **groups) -> Path:
+    """The resolved configuration, every flag of every group, as `llt_config.json`."""
+    out = {}
+    for name, obj in groups.items():
+        out[name] = obj.to_dict() if hasattr(obj, "to_dict") else asdict(obj)
+    path = Path(folder) / "llt_config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1, default=str))
+    return path
