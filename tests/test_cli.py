@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from llt.data.format import ShardReader
 
@@ -39,8 +40,18 @@ def test_errors_are_one_clear_line_without_traceback(tmp_path, tiny_tok_dir):
     assert r.returncode == 2 and "--no_such_flag" in r.stderr
 
 
-def test_quickstart_runs_offline(tmp_path):
-    r = llt("quickstart", "--out", tmp_path / "qs", "--records", 500)
-    assert r.returncode == 0, r.stderr
-    assert "OK" in r.stdout and "[[" in r.stdout and "Done." in r.stdout
+def test_quickstart_encodes_trains_and_says_where_the_outputs_are(tmp_path):
+    import re
+
+    from transformers import AutoModelForCausalLM
+
+    r = llt("quickstart", "--out", tmp_path / "qs", "--records", 1000, "--epochs", 3)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "OK" in r.stdout and "[[" in r.stdout
     assert (tmp_path / "qs" / "shards" / "qa" / "summary.json").exists()
+    first, last = map(float, re.search(r"loss ([\d.]+) -> ([\d.]+)", r.stdout).groups())
+    assert last < 0.6 * first
+    ckpt = Path(re.search(r"checkpoint +(\S+)", r.stdout).group(1))
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    assert model.config.num_hidden_layers == 4
+    assert Path(re.search(r"loss plot +(\S+)", r.stdout).group(1)).is_file()

@@ -79,12 +79,19 @@ def test_packed_documents_give_the_logits_they_give_alone(tmp_path, tiny_model_d
     rows = [(0, sum(lengths))] if flat else list(enumerate(lengths))
     assert batch["input_ids"].shape[0] == len(rows)
     with torch.no_grad():
-        _, out = trainer.compute_loss(model, dict(batch), return_outputs=True)
+        # The batch as the model gets it in training; logits come from the same forward
+        # without labels (llt's training loss never builds full logits).
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        loss = trainer.compute_loss(model, dict(batch))
+        n = (batch["labels"][:, 1:] != -100).sum()
+        from_logits = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), reduction="sum") / n
+        assert loss.item() == pytest.approx(from_logits.item(), abs=1e-5)
         worst, n_docs = 0.0, 0
         for r, length in rows:
             for lo, hi in _doc_slices(batch["position_ids"][r], length):
                 alone = model(input_ids=batch["input_ids"][r:r + 1, lo:hi]).logits
-                worst = max(worst, (out.logits[r:r + 1, lo:hi] - alone).abs().max().item())
+                worst = max(worst, (logits[r:r + 1, lo:hi] - alone).abs().max().item())
                 n_docs += 1
         assert n_docs > 8 and worst < 1e-4, worst
         # The trap this guards against: with a KV cache built in train mode, transformers
@@ -95,6 +102,32 @@ def test_packed_documents_give_the_logits_they_give_alone(tmp_path, tiny_model_d
         alone = model(input_ids=batch["input_ids"][:1, lo:hi], use_cache=False).logits
         assert (leaky[:1, lo:hi] - alone).abs().max().item() > 100 * max(worst, 1e-6)
         model.config.use_cache = False
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 5])
+def test_chunked_loss_equals_the_stock_loss_and_gradients(tiny_model_dir, toy_corpora, chunk_rows):
+    from transformers import AutoModelForCausalLM
+
+    from llt.data.collate import PaddingFreeCollator
+    from llt.data.dataset import ShardDataset
+    from llt.train.loss import use_chunked_loss
+
+    ds = ShardDataset(toy_corpora["qa_packed"])
+    batch = PaddingFreeCollator(flat=False, pad_token_id=0)([ds[i] for i in range(4)])
+    batch.pop("llt_counts")
+    results = []
+    for chunked in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        model.config.use_cache = False
+        if chunked:
+            assert use_chunked_loss(model, chunk_rows=chunk_rows)
+        loss = model(**batch, num_items_in_batch=torch.tensor(250)).loss
+        loss.backward()
+        results.append((loss.item(), {n: p.grad for n, p in model.named_parameters()}))
+    (stock, g0), (chunked, g1) = results
+    assert chunked == pytest.approx(stock, rel=1e-6)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=1e-6, rtol=1e-4)
 
 
 def test_padding_free_and_padded_batches_give_the_same_loss(tmp_path, tiny_model_dir, toy_corpora):

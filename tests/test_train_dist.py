@@ -61,13 +61,16 @@ def test_two_process_data_parallel_trains_every_sample_once_per_epoch(tmp_path, 
     assert state["world_size"] == 2 and state["epoch"] == 2
 
 
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_deepspeed_zero_trains_and_saves_a_loadable_model(tmp_path, tiny_model_dir, toy_corpora, stage):
+@pytest.mark.parametrize("stage,launcher", [("zero2", "deepspeed"), ("zero3", "torchrun")])
+def test_deepspeed_zero_trains_and_saves_a_loadable_model(tmp_path, tiny_model_dir, toy_corpora, stage,
+                                                          launcher):
     pytest.importorskip("deepspeed")
     from transformers import AutoModelForCausalLM
 
-    _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
-             "--master_port", "29531" if stage == "zero2" else "29532", str(ROOT / "recipes" / "sft.py"),
+    launch = ([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", "29531"]
+              if launcher == "deepspeed" else
+              [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29532"])
+    _launch([*launch, str(ROOT / "recipes" / "sft.py"),
              *_flags(tiny_model_dir, toy_corpora["qa_packed"], tmp_path, "--max_steps", "4",
                      "--deepspeed_config_path", f"configs/deepspeed/{stage}.json", "--save_optimizer")])
     run = run_folder(tmp_path)
@@ -80,3 +83,42 @@ def test_deepspeed_zero_trains_and_saves_a_loadable_model(tmp_path, tiny_model_d
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     moved = [k for k, v in model.state_dict().items() if not (v == base.state_dict()[k]).all()]
     assert len(moved) > 10  # the saved weights are the trained ones, gathered from ZeRO
+
+
+SEED_DS = {  # the seed's shipped DeepSpeed JSON: explicit optimizer, scheduler and sizes
+    "train_micro_batch_size_per_gpu": 1,
+    "gradient_accumulation_steps": 32,
+    "optimizer": {"type": "AdamW", "params": {"lr": 1e-5, "betas": [0.9, 0.95], "eps": 1e-8,
+                                              "weight_decay": 0.0}},
+    "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": 1e-5,
+                                                 "warmup_num_steps": 2}},
+    "zero_optimization": {"stage": 2},
+}
+
+
+def test_a_deepspeed_json_with_explicit_values_trains_or_names_each_conflict(tmp_path, tiny_model_dir,
+                                                                             toy_corpora):
+    pytest.importorskip("deepspeed")
+    ds = tmp_path / "seed_ds.json"
+    ds.write_text(json.dumps(SEED_DS))
+    base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29533",
+            str(ROOT / "recipes" / "sft.py"), "--deepspeed_config_path", str(ds)]
+    flags = _flags(tiny_model_dir, toy_corpora["qa"], tmp_path / "ok", "--max_steps", "2")
+    # The defaults (8 per device, no accumulation, lr 3e-3 here) disagree with the JSON.
+    proc = subprocess.run(base + flags, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and f"llt train: error: --deepspeed_config_path {ds}" in proc.stderr
+    for conflict in ("train_micro_batch_size_per_gpu=1 vs hf per_device_train_batch_size=8",
+                     "gradient_accumulation_steps=32 vs hf gradient_accumulation_steps=1",
+                     "optimizer.params.lr=1e-05 vs hf learning_rate=0.003"):
+        assert conflict in proc.stderr, proc.stderr[-3000:]
+    agree = flags + ["--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "32",
+                     "--learning_rate", "1e-5", "--adam_beta2", "0.95", "--adam_epsilon", "1e-8",
+                     "--weight_decay", "0.0"]
+    # Warmup is only known once the schedule is: checked when training starts, same message.
+    proc = subprocess.run(base + agree, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "scheduler.params.warmup_num_steps=2 vs hf warmup_steps" in proc.stderr
+    assert "llt train: error: --deepspeed_config_path" in proc.stderr
+    # Flags that agree with it: trains with its own AdamW and WarmupLR.
+    _launch(base + agree + ["--warmup_steps", "2"])
+    [ckpt] = (tmp_path / "ok").glob("run-*/checkpoint-2")  # the failed tries left no checkpoint
+    assert [e["step"] for e in json.loads((ckpt / "loss_history.json").read_text())] == [1, 2]

@@ -136,6 +136,7 @@ class SaveScheduleCallback(TrainerCallback):
 
     def __init__(self, save_epochs: int = 0, save_final: bool = True):
         self.save_epochs, self.save_final = save_epochs, save_final
+        self.last_saved = -1
 
     def on_step_end(self, args, state, control, **kw):
         if self.save_final and state.global_step >= state.max_steps:
@@ -143,8 +144,12 @@ class SaveScheduleCallback(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, **kw):
         done = round(state.epoch or 0)
-        if self.save_epochs and done and done % self.save_epochs == 0 and abs(state.epoch - done) < 1e-6:
+        if (self.save_epochs and done and done % self.save_epochs == 0 and abs(state.epoch - done) < 1e-6
+                and state.global_step != self.last_saved):  # not twice for the same step
             control.should_save = True
+
+    def on_save(self, args, state, control, **kw):
+        self.last_saved = state.global_step
 
 
 def main_process_first_env() -> bool:

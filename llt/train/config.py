@@ -38,6 +38,9 @@ class ModelArguments:
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "flex_attention", "eager"] = field(
         default="auto", metadata={"help": "auto: flash_attention_2 when flash-attn is installed and "
                                           "a CUDA GPU is used, else sdpa"})
+    chunked_loss: bool = field(default=True, metadata={
+        "help": "compute lm_head and the loss only at trained positions, a chunk at a time, "
+                "instead of full-vocabulary logits everywhere (same loss; less time and memory)"})
     add_tokens: list[str] | None = field(default=None, metadata={
         "help": "special tokens to add (space- or comma-separated); their embedding rows start "
                 "as the mean of the existing ones and are trained, with LoRA too"})
@@ -98,6 +101,13 @@ class LltTrainingArguments(TrainingArguments):
     def __post_init__(self):
         self._llt_resolve()
         super().__post_init__()
+        ds = getattr(self, "hf_deepspeed_config", None)
+        if ds is not None and getattr(ds, "mismatches", None):
+            # HF would raise this only once the model is wrapped; say it before any work.
+            raise ConfigError(
+                f"--deepspeed_config_path {self.deepspeed}: values that disagree with the training "
+                "flags (set them to \"auto\" in the JSON, or change the flags):\n"
+                + "\n".join(ds.mismatches))
         if self._stamp_run:
             self.output_dir = str(Path(self.output_path) / f"{self.save_name}-{_run_stamp(self)}")
 

@@ -28,8 +28,10 @@ def build_parser() -> HfArgumentParser:
 def _split_config(argv: list[str]) -> tuple[str | None, list[str]]:
     """Take `--config FILE` (or a leading `FILE.yaml`) out of argv."""
     argv = list(argv)
-    if argv and argv[0].endswith((".yaml", ".yml")):
-        return argv[0], argv[1:]
+    # The `deepspeed` launcher puts --local_rank=N before the script's own arguments.
+    first = next((i for i, a in enumerate(argv) if not a.startswith("--local_rank=")), None)
+    if first is not None and argv[first].endswith((".yaml", ".yml")):
+        return argv[first], argv[:first] + argv[first + 1:]
     for i, a in enumerate(argv):
         if a == "--config":
             if i + 1 >= len(argv):

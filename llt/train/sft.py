@@ -28,7 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     except LltError as e:
         print(f"llt train: error: {e}", file=sys.stderr)
         return 2
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    except ValueError as e:
+        # Values HF can only check once the schedule is known (warmup, total steps).
+        if "DeepSpeed config values that mismatch" not in str(e):
+            raise
+        print(f"llt train: error: --deepspeed_config_path {args.deepspeed}: {e}", file=sys.stderr)
+        return 2
     if args.should_save:
         print(f"llt train: done; run folder {args.output_dir}")
     return 0
@@ -41,6 +48,7 @@ def build(model_args, data_args, lora_args, args):
                                      peak_tflops)
     from llt.train.checks import check_data_fits
     from llt.train.collators import make_collator
+    from llt.train.loss import use_chunked_loss
     from llt.train.model import apply_lora, flops_per_token_info, load_model, load_tokenizer
     from llt.train.trainer import LltTrainer
 
@@ -50,6 +58,8 @@ def build(model_args, data_args, lora_args, args):
     dataset = ShardDataset(data_args.data_path)
     model = load_model(model_args, args, tokenizer, new_ids)
     check_data_fits(dataset, tokenizer, model, data_args, new_ids)
+    if model_args.chunked_loss:
+        use_chunked_loss(model)
     throughput = ThroughputCallback(flops_per_token_info(model), peak_tflops(args.peak_tflops))
     if lora_args.use_lora:
         model = apply_lora(model, lora_args, new_ids)

@@ -23,11 +23,16 @@ def recording_getitem(self, i):
     return _getitem(self, i)
 
 
-ShardDataset.__getitem__ = recording_getitem
-out = sys.argv[1]
-trainer = build(*parse_args(sys.argv[2:]))
-trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
-rank = int(os.environ.get("RANK", "0"))
-with open(f"{out}.rank{rank}.json", "w") as f:
-    json.dump({"seen": seen, "world_size": trainer.args.world_size,
-               "output_dir": trainer.args.output_dir}, f)
+def main() -> None:
+    ShardDataset.__getitem__ = recording_getitem
+    out = sys.argv[1]
+    trainer = build(*parse_args(sys.argv[2:]))
+    trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    rank = int(os.environ.get("RANK", "0"))
+    with open(f"{out}.rank{rank}.json", "w") as f:
+        json.dump({"seen": seen, "world_size": trainer.args.world_size,
+                   "output_dir": trainer.args.output_dir}, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The causal-LM loss on trained positions only, in chunks, without full-vocabulary logits.
+
+transformers' causal LMs compute logits for every position ([tokens, vocab] in fp32, 2.5 GB
+for 4,096 tokens of a 151,665-token vocabulary) and then mask most of them out of the
+loss: prompts, padding and document starts. `use_chunked_loss(model)` replaces the
+instance's `forward` (only when labels are given) with: the decoder's hidden states ->
+the positions whose next-token label is trained -> `lm_head` and cross-entropy a chunk
+at a time. Fewer positions means less lm_head and softmax work; when there is more than
+one chunk, each chunk's logits are recomputed in the backward pass instead of kept, so
+memory holds one chunk of logits instead of all of them.
+
+Calling `lm_head` as a module keeps LoRA or trainable-token wrappers and ZeRO-3's
+parameter gathering working; going through the model's own `forward` keeps DDP's and
+DeepSpeed's hooks. The loss equals transformers' (sum over trained targets divided by
+`num_items_in_batch`, or their count), tested to 1e-5 with its gradients.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+log = logging.getLogger("llt")
+CHUNK_BYTES = 2 ** 28  # 256 MB of fp32 logits per chunk
+
+
+def _chunk_loss(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = lm_head(hidden).float()
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def chunked_lm_loss(lm_head, hidden: torch.Tensor, targets: torch.Tensor, vocab_size: int,
+                    chunk_rows: int | None = None) -> torch.Tensor:
+    """Sum of cross-entropy of `lm_head(hidden)` against `targets` ([N, H], [N])."""
+    rows = chunk_rows or max(64, CHUNK_BYTES // (4 * vocab_size))
+    if hidden.shape[0] <= rows:
+        return _chunk_loss(lm_head, hidden, targets)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for lo in range(0, hidden.shape[0], rows):
+        total = total + checkpoint(_chunk_loss, lm_head, hidden[lo:lo + rows], targets[lo:lo + rows],
+                                   use_reentrant=False)
+    return total
+
+
+def supports_chunked_loss(model) -> str | None:
+    """None when `model` has the standard decoder + lm_head layout, else the reason not."""
+    if not hasattr(model, "model") or model.get_output_embeddings() is None:
+        return f"{type(model).__name__} has no .model decoder or output embedding"
+    if getattr(model.config, "final_logit_softcapping", None):
+        return "the model soft-caps its logits"
+    if getattr(model.config, "logits_scaling", None) not in (None, 1, 1.0):
+        return "the model scales its logits"
+    return None
+
+
+def use_chunked_loss(model, chunk_rows: int | None = None) -> bool:
+    """Install the chunked loss on `model` (a *ForCausalLM); False, with a log line, where
+    its layout is not the standard one and the stock loss stays."""
+    reason = supports_chunked_loss(model)
+    if reason:
+        log.info("llt: stock loss (full logits): %s", reason)
+        return False
+    stock = model.forward
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, labels=None,
+                num_items_in_batch=None, **kwargs):
+        if labels is None or kwargs.get("return_dict") is False:
+            return stock(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         labels=labels, num_items_in_batch=num_items_in_batch, **kwargs)
+        kwargs.pop("logits_to_keep", None)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         **kwargs)
+        hidden = out.last_hidden_state[:, :-1]
+        targets = labels[:, 1:].to(hidden.device)
+        keep = targets != -100
+        loss = chunked_lm_loss(self.get_output_embeddings(), hidden[keep], targets[keep],
+                               self.config.vocab_size, chunk_rows)
+        denom = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+        if torch.is_tensor(denom):
+            denom = denom.to(loss.device)
+        return CausalLMOutputWithPast(loss=loss / denom, logits=None)
+
+    model.forward = types.MethodType(forward, model)
+    return True
