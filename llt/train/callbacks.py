@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -117,12 +118,8 @@ def write_loss_report(folder: str | Path, state) -> None:
 
 
 class LossReportCallback(TrainerCallback):
-    """Writes the loss history and its plot into every checkpoint and the run folder."""
-
-    def on_save(self, args, state, control, **kw):
-        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.is_world_process_zero and ckpt.is_dir():
-            write_loss_report(ckpt, state)
+    """Writes the loss history and its plot into the run folder at the end (each
+    checkpoint gets its own copy as it is written, see `LltTrainer._save_checkpoint`)."""
 
     def on_train_end(self, args, state, control, **kw):
         if state.is_world_process_zero:
@@ -154,3 +151,45 @@ class SaveScheduleCallback(TrainerCallback):
 
 def main_process_first_env() -> bool:
     return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+class PreemptionCallback(TrainerCallback):
+    """On SIGTERM or SIGUSR1 (what SLURM and Kubernetes send before killing a job), finish
+    the current optimizer step, save a resumable checkpoint and stop.
+
+    The signal may reach one rank only; the flag is all-reduced at every step end so that
+    all ranks stop at the same step and take part in the same save.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: int | None = None
+        self.stopped_at: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def on_train_begin(self, args, state, control, **kw):
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def on_step_end(self, args, state, control, **kw):
+        flag = 1.0 if self.received is not None else 0.0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            t = torch.tensor([flag], device=args.device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            flag = t.item()
+        if flag:
+            args.save_only_model = False  # this checkpoint must be resumable
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+
+    def on_train_end(self, args, state, control, **kw):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}

@@ -36,6 +36,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"llt train: error: --deepspeed_config_path {args.deepspeed}: {e}", file=sys.stderr)
         return 2
+    if trainer.already_finished is not None:
+        print(f"llt train: {args.resume_from_checkpoint} is at step {trainer.already_finished}, the "
+              "last step of this run; nothing to train (raise --max_steps or --max_epochs to go on)")
+        return 0
+    preempt = next(c for c in trainer.callback_handler.callbacks if type(c).__name__ == "PreemptionCallback")
+    if preempt.stopped_at is not None:
+        if args.should_save:
+            print(f"llt train: stopped by signal {preempt.received} after step {preempt.stopped_at}; "
+                  f"resumable checkpoint saved; continue with --load_ckpt_path {args.output_dir}")
+        return 0
     if args.should_save:
         print(f"llt train: done; run folder {args.output_dir}")
     return 0
@@ -44,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 def build(model_args, data_args, lora_args, args):
     """Everything up to `trainer.train()`; every check that can fail runs here."""
     from llt.data.dataset import ShardDataset
-    from llt.train.callbacks import (LossReportCallback, SaveScheduleCallback, ThroughputCallback,
-                                     peak_tflops)
+    from llt.train.callbacks import (LossReportCallback, PreemptionCallback, SaveScheduleCallback,
+                                     ThroughputCallback, peak_tflops)
     from llt.train.checks import check_data_fits
     from llt.train.collators import make_collator
     from llt.train.loss import use_chunked_loss
@@ -66,7 +76,8 @@ def build(model_args, data_args, lora_args, args):
     trainer = LltTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
         data_collator=make_collator(data_args, dataset, tokenizer, model),
-        callbacks=[LossReportCallback(), SaveScheduleCallback(args.save_epochs, args.save_final)],
+        callbacks=[LossReportCallback(), SaveScheduleCallback(args.save_epochs, args.save_final),
+                   PreemptionCallback()],
         shuffle_data=data_args.shuffle_data, throughput=throughput)
     if args.resume_from_checkpoint:
         args.resume_from_checkpoint = trainer.plan_resume(args.resume_from_checkpoint)

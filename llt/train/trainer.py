@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 from accelerate.data_loader import DataLoaderShard
@@ -20,16 +22,33 @@ from llt.data.sampler import EpochBatchSampler
 from llt.train.config import ConfigError
 
 DATA_STATE = "llt_data_state.json"
+STAGING = ".partial"  # checkpoints are written here, then renamed into the run folder
+
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run folder, oldest first (staging folders excluded)."""
+    return sorted((p for p in Path(run_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                   if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()),
+                  key=lambda p: int(p.name.split("-")[-1]))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def newest_checkpoint(path: str | Path) -> Path:
     """`path` itself when it is a checkpoint, else its newest `checkpoint-N` child."""
     path = Path(path)
+    if STAGING in path.parts:
+        raise ConfigError(f"--load_ckpt_path {path}: an unfinished checkpoint (its save was "
+                          "interrupted); pass the run folder to take its newest complete one")
     if (path / "trainer_state.json").is_file():
         return path
-    ckpts = sorted((p for p in path.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-                    if (p / "trainer_state.json").is_file() and p.name.split("-")[-1].isdigit()),
-                   key=lambda p: int(p.name.split("-")[-1]))
+    ckpts = _checkpoints(path)
     if not ckpts:
         raise ConfigError(f"--load_ckpt_path {path}: not a checkpoint, and holds no checkpoint-N folder")
     return ckpts[-1]
@@ -41,6 +60,7 @@ class LltTrainer(Trainer):
         self.shuffle_data = shuffle_data
         self.throughput = throughput
         self.sampler: EpochBatchSampler | None = None
+        self.already_finished: int | None = None
         self._resume_position: tuple[int, int] | None = None
 
     # ---- data ----
@@ -78,15 +98,72 @@ class LltTrainer(Trainer):
         return super().compute_loss(model, inputs, *args, **kwargs)
 
     # ---- checkpoints ----
+    _staging: Path | None = None
+
+    def _get_output_dir(self, trial) -> str:
+        # While a checkpoint is being written, HF's save path points into the staging folder.
+        return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
+
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.args.save_only_model or not self.args.should_save or self.sampler is None:
+        """HF's checkpoint, made atomic: every rank writes into `<run>/.partial/checkpoint-N`,
+        then rank 0 renames the finished folder to `<run>/checkpoint-N`. A process killed
+        mid-save leaves only the staging folder, which nothing loads and the next save
+        clears; `checkpoint-N` folders are always complete."""
+        args = self.args
+        run_dir = Path(self._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = run_dir / STAGING
+        if args.should_save:
+            shutil.rmtree(staging / name, ignore_errors=True)
+            staging.mkdir(parents=True, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        self._staging = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        if args.should_save:
+            self._write_extras(staging / name)
+        self.accelerator.wait_for_everyone()  # every rank's shards are on disk
+        if args.should_save:
+            final = run_dir / name
+            if final.exists():  # the same step saved again: replace it whole
+                old = staging / f"replaced-{name}"
+                os.replace(final, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(staging / name, final)
+            _fsync_dir(run_dir)
+            self._rotate(run_dir)
+            try:
+                staging.rmdir()
+            except OSError:
+                pass
+        self.accelerator.wait_for_everyone()
+
+    def _write_extras(self, folder: Path) -> None:
+        from llt.train.callbacks import write_loss_report
+
+        write_loss_report(folder, self.state)
+        if self.args.save_only_model or self.sampler is None:
             return
-        folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         state = self.sampler.state(*self.data_position())
         state.update(gradient_accumulation_steps=self.args.gradient_accumulation_steps,
                      data=_data_identity(self.train_dataset))
         (folder / DATA_STATE).write_text(json.dumps(state, indent=1))
+
+    def _rotate(self, run_dir: Path) -> None:
+        """Keep the newest `save_total_limit` complete checkpoints. The one just renamed
+        into place is the newest, so the last complete checkpoint is never deleted; older
+        ones are moved out of sight before being deleted, so a kill mid-delete leaves no
+        half checkpoint under a `checkpoint-N` name."""
+        limit = self.args.save_total_limit
+        if not limit or limit <= 0:
+            return
+        ckpts = _checkpoints(run_dir)
+        for old in ckpts[:-limit]:
+            doomed = run_dir / STAGING / f"deleting-{old.name}"
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
 
     def plan_resume(self, path: str) -> str:
         """Check that `path` (a checkpoint or a run folder) can resume this run exactly and
@@ -95,9 +172,23 @@ class LltTrainer(Trainer):
         self._resume_position = self._check_resumable(ckpt)
         return str(ckpt)
 
+    def total_steps(self) -> int:
+        """Optimizer steps this run trains to, as HF computes them."""
+        if self.args.max_steps > 0:
+            return self.args.max_steps
+        batches = math.ceil(len(self.train_dataset) / (self._train_batch_size * self.args.world_size))
+        per_epoch = math.ceil(batches / self.args.gradient_accumulation_steps)
+        return math.ceil(self.args.num_train_epochs * per_epoch)
+
     def train(self, resume_from_checkpoint=None, **kwargs):
         if resume_from_checkpoint and self._resume_position is None:
             resume_from_checkpoint = self.plan_resume(resume_from_checkpoint)
+        if resume_from_checkpoint:
+            done = json.loads((Path(resume_from_checkpoint) / "trainer_state.json").read_text())["global_step"]
+            if done >= self.total_steps():
+                # HF would run one more step before noticing; a finished run stays finished.
+                self.already_finished = done
+                return None
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _check_resumable(self, ckpt: Path) -> tuple[int, int]:
