@@ -18,8 +18,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cmd(model, corpus, out, *extra):
-    return [sys.executable, str(ROOT / "recipes" / "sft.py"), "--model_path", str(model),
+HELPER = ROOT / "tests" / "helpers" / "record_samples.py"
+
+
+def _cmd(model, corpus, out, *extra, record=None):
+    script = [str(HELPER), str(record)] if record else [str(ROOT / "recipes" / "sft.py")]
+    return [sys.executable, *script, "--model_path", str(model),
             "--data_path", str(corpus), "--output_dir", str(out), "--use_cpu", "--report_to", "none",
             "--disable_tqdm", "true", "--deepspeed_config_path", "none", "--logging_steps", "1",
             "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2",
@@ -42,6 +46,10 @@ def _final(run: Path, step: int):
     return load_file(str(ckpt / "model.safetensors")), [(e["step"], e["loss"]) for e in history if "loss" in e]
 
 
+def _fetched(log: Path) -> list[int]:
+    return [int(x) for x in log.read_text().split()] if log.exists() else []
+
+
 def _same(a, b):
     (wa, la), (wb, lb) = a, b
     assert la == lb
@@ -55,15 +63,20 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_result(tmp
                                                                              toy_corpora):
     corpus = toy_corpora["qa"]  # 300 samples, 16 per step: 19 steps an epoch, so this crosses one
     flags = ["--max_steps", str(STEPS), "--save_steps", "1", "--save_optimizer", "--save_total_limit", "3"]
-    subprocess.run(_cmd(tiny_model_dir, corpus, tmp_path / "ref", *flags), env=_env(), check=True,
-                   capture_output=True)
+    def fetched_by(lo, hi):  # samples fetched by steps lo+1..hi: 16 a step, 12 for an epoch's last
+        return sum(16 if (k - 1) % 19 < 18 else 12 for k in range(lo + 1, hi + 1))
+    subprocess.run(_cmd(tiny_model_dir, corpus, tmp_path / "ref", *flags, record=tmp_path / "ref-seen"),
+                   env=_env(), check=True, capture_output=True)
     ref = _final(tmp_path / "ref", STEPS)
+    ref_seen = _fetched(tmp_path / "ref-seen.rank0.log")[:fetched_by(0, STEPS)]
 
-    run, rng, kills = tmp_path / "run", random.Random(0), 0
-    for _attempt in range(20):
+    run, rng, kills, starts = tmp_path / "run", random.Random(0), 0, []
+    for attempt in range(20):
         done = _steps(run) if run.exists() else []
+        starts.append(done[-1] if done else 0)
         resume = ["--load_ckpt_path", str(run)] if done else []
-        proc = subprocess.Popen(_cmd(tiny_model_dir, corpus, run, *flags, *resume), env=_env(),
+        proc = subprocess.Popen(_cmd(tiny_model_dir, corpus, run, *flags, *resume,
+                                     record=tmp_path / f"seen-{attempt}"), env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if kills < 6:
             # Wait for progress in this attempt, then kill at a random moment: mid-step,
@@ -88,6 +101,14 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_result(tmp
             break
     assert _steps(run)[-1] == STEPS and kills >= 4
     _same(_final(run, STEPS), ref)
+    # The samples trained, attempt by attempt: each attempt's fetches up to the step the
+    # next one resumed from (later fetches were look-ahead or lost with the kill).
+    ends = starts[1:] + [STEPS]
+    trained = []
+    for attempt, (lo, hi) in enumerate(zip(starts, ends)):
+        trained += _fetched(tmp_path / f"seen-{attempt}.rank0.log")[:fetched_by(lo, hi)]
+    assert trained == ref_seen  # same samples, same order
+    assert sorted(trained[:300]) == list(range(300))  # epoch 0: every sample once
     assert len(_steps(run)) == 3  # save_total_limit
     assert not (run / ".partial").exists() or not any((run / ".partial").iterdir())
 
@@ -134,3 +155,110 @@ def test_an_interrupted_save_is_never_loaded(tmp_path, tiny_model_dir, toy_corpo
     assert newest_checkpoint(run) == run / "checkpoint-2"
     with pytest.raises(ConfigError, match="unfinished checkpoint"):
         newest_checkpoint(staged)
+
+
+def _ddp(model, corpus, out, port, *extra):
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port), *_cmd(model, corpus, out, *extra)[1:]]
+
+
+DDP_STEPS = 12
+
+
+def test_two_process_run_preempted_on_one_rank_and_killed_resumes_exactly(tmp_path, tiny_model_dir,
+                                                                          toy_corpora):
+    """Data parallel over 2 processes: SIGUSR1 to rank 1 alone stops both ranks at the same
+    step with one resumable checkpoint; a kill -9 of the whole job later is resumed too;
+    the end result equals an uninterrupted 2-process run bit for bit."""
+    import psutil
+
+    corpus = toy_corpora["qa"]
+    flags = ["--max_steps", str(DDP_STEPS), "--save_steps", "1", "--save_optimizer"]
+    subprocess.run(_ddp(tiny_model_dir, corpus, tmp_path / "ref", 29541, *flags), env=_env(), check=True,
+                   capture_output=True)
+    ref = _final(tmp_path / "ref", DDP_STEPS)
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_ddp(tiny_model_dir, corpus, run, 29542, *flags), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    while not (run.exists() and _steps(run)):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.02)
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "sft.py" in " ".join(p.cmdline())
+               and "accelerate" not in " ".join(p.cmdline())]
+    assert len(workers) == 2
+    rank1 = next(w for w in workers if w.environ().get("RANK") == "1")
+    rank1.send_signal(signal.SIGUSR1)  # the other preemption signal; SIGTERM is tested above
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "stopped by signal" in out
+    stopped = _steps(run)[-1]
+    assert stopped < DDP_STEPS
+
+    # Resume, and kill the whole job (launcher and both workers) once it has made progress.
+    proc = subprocess.Popen(_ddp(tiny_model_dir, corpus, run, 29543, *flags, "--load_ckpt_path", str(run)),
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    while proc.poll() is None and _steps(run)[-1] <= stopped:
+        time.sleep(0.02)
+    time.sleep(random.Random(1).uniform(0, 0.3))
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _steps(run)[-1] < DDP_STEPS or proc.returncode == 0
+    subprocess.run(_ddp(tiny_model_dir, corpus, run, 29544, *flags, "--load_ckpt_path", str(run)),
+                   env=_env(), check=True, capture_output=True)
+    _same(_final(run, DDP_STEPS), ref)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "header", "vocab"])
+def test_damaged_shards_stop_training_before_the_first_step(tmp_path, tiny_model_dir, tiny_tok_dir, damage,
+                                                          capsys):
+    import shutil
+
+    from llt.toy import toy_records, write_jsonl
+    from tests.conftest import encode, train
+
+    _, corpus = encode(tmp_path, tiny_tok_dir, [write_jsonl(tmp_path / "t.jsonl", toy_records(50)[0])],
+                       encode_type="pretrain", max_length=64)
+    shard = corpus / "c_0"
+    data = bytearray(shard.with_suffix(".bin").read_bytes())
+    if damage == "truncate":
+        shard.with_suffix(".bin").write_bytes(bytes(data[:-2]))
+    elif damage == "flip":
+        data[10] ^= 0x01
+        shard.with_suffix(".bin").write_bytes(bytes(data))
+    elif damage == "header":
+        idx = bytearray(shard.with_suffix(".idx").read_bytes())
+        idx[20:24] = b"}}}}"
+        shard.with_suffix(".idx").write_bytes(bytes(idx))
+    else:  # an id past the vocabulary, written as a consistent shard by a buggy tool
+        data[0:2] = (60000).to_bytes(2, "little")
+        shard.with_suffix(".bin").write_bytes(bytes(data))
+    rc = train(["--model_path", str(tiny_model_dir), "--data_path", str(corpus), "--output_path",
+                str(tmp_path / "out"), "--max_steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "c_0" in err, err
+    assert {"truncate": "bytes", "flip": "checksum", "header": "header", "vocab": "not below the vocabulary"}[
+        damage] in err
+    assert not any((tmp_path / "out").glob("*/checkpoint-*"))
+    shutil.rmtree(corpus)
+
+
+def test_shards_that_do_not_fit_the_model_stop_before_the_first_step(tmp_path, tiny_model_dir, capsys):
+    from llt.toy import build_tiny_model, build_tokenizer, toy_records, write_jsonl
+    from tests.conftest import encode, train
+
+    docs = toy_records(60)[0]
+    build_tokenizer(docs, tmp_path / "tok300", vocab_size=300)
+    _, other = encode(tmp_path, tmp_path / "tok300", [write_jsonl(tmp_path / "t.jsonl", docs)],
+                      corpus_name="other", encode_type="pretrain", max_length=64)
+    assert train(["--model_path", str(tiny_model_dir), "--data_path", str(other), "--output_path",
+                  str(tmp_path / "o1"), "--max_steps", "1"]) == 2
+    assert "encoded with a different tokenizer" in capsys.readouterr().err
+    small = build_tiny_model(tmp_path / "small", vocab_size=200)
+    assert train(["--model_path", str(small), "--tokenizer_path", str(tmp_path / "tok300"), "--data_path",
+                  str(other), "--output_path", str(tmp_path / "o2"), "--max_steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "300-token vocabulary" in err and "200 embedding rows" in err

@@ -293,6 +293,21 @@ def test_yaml_recipe_gives_defaults_flags_override_unknown_keys_fail(tmp_path, t
         parse_args(["--data_path", "x"])
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--max_epochs", "0"], "nothing to train"),
+    (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0"),
+    (["--precision", "fp16", "--bf16"], "--precision fp16 contradicts"),
+    (["--save_epochs", "-1"], "--save_epochs -1"),
+    (["--deepspeed_config_path", "nope.json"], "--deepspeed_config_path nope.json: no such file"),
+])
+def test_contradictory_or_impossible_flags_fail_naming_the_flag(flags, message):
+    from llt.train.config import ConfigError
+    from llt.train.parse import parse_args
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_args(["--model_path", "m", "--data_path", "d", "--use_cpu", *flags])
+
+
 def test_shipped_recipes_parse(tmp_path):
     from pathlib import Path
 

@@ -122,3 +122,29 @@ def test_a_deepspeed_json_with_explicit_values_trains_or_names_each_conflict(tmp
     _launch(base + agree + ["--warmup_steps", "2"])
     [ckpt] = (tmp_path / "ok").glob("run-*/checkpoint-2")  # the failed tries left no checkpoint
     assert [e["step"] for e in json.loads((ckpt / "loss_history.json").read_text())] == [1, 2]
+
+
+def test_resume_with_a_different_number_of_processes_continues_the_sample_order(
+        tmp_path, tiny_model_dir, toy_corpora):
+    """2 processes for 3 steps, then 1 process to the end of the epoch: every sample of
+    the epoch is trained exactly once across the two runs."""
+    corpus = toy_corpora["qa"]  # 300 samples
+    rec = tmp_path / "seen"
+    _launch([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+             "--main_process_port", "29519", str(HELPER), str(rec),
+             *_flags(tiny_model_dir, corpus, tmp_path / "out", "--max_steps", "3", "--save_steps", "3",
+                     "--save_optimizer", "--deepspeed_config_path", "none", "--output_dir",
+                     str(tmp_path / "run"))])
+    first = []
+    for r in (0, 1):  # the first 3 micro-batches of 8 per rank (later fetches are look-ahead)
+        first += [i for i in json.loads(Path(f"{rec}.rank{r}.json").read_text())["seen"][:24] if i >= 0]
+    _launch([sys.executable, str(HELPER), f"{rec}-resumed",
+             *_flags(tiny_model_dir, corpus, tmp_path / "out", "--max_steps", "35", "--save_optimizer",
+                     "--deepspeed_config_path", "none", "--output_dir", str(tmp_path / "run"),
+                     "--load_ckpt_path", str(tmp_path / "run"))])
+    second = [i for i in json.loads(Path(f"{rec}-resumed.rank0.json").read_text())["seen"] if i >= 0]
+    assert len(first) == 48
+    assert sorted(first + second) == list(range(300))  # 3 + 32 steps: exactly one epoch
+    state = json.loads((tmp_path / "run" / "checkpoint-35" / "llt_data_state.json").read_text())
+    assert state["world_size"] == 1 and state["epoch"] == 1 and state["step"] == 0

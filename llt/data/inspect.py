@@ -209,6 +209,11 @@ def verify_target(target: _Target) -> list[str]:
     return problems
 
 
+def verify_path(path: str | Path) -> list[str]:
+    """Every problem `llt verify PATH` would report, each prefixed with its corpus or shard."""
+    return [f"{t.label}: {p}" for t in _targets(Path(path)) for p in verify_target(t)]
+
+
 def verify_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="llt verify", description="Check every shard of every "
                                  "corpus under PATH (or one .bin/.idx shard): checksums, "

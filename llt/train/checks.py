@@ -6,6 +6,25 @@ from llt.data.tokenizer import vocab_fingerprint
 from llt.train.config import ConfigError
 
 
+def verify_data(data_paths: list[str]) -> None:
+    """`llt verify` on every --data_path before training: a truncated or changed file (size
+    or xxh3 checksum against summary.json), a damaged header, or an id outside the
+    vocabulary stops the run now rather than hours in."""
+    from llt.data.dataset import find_shards
+    from llt.data.inspect import verify_path
+    from llt.data.manifest import MANIFEST
+
+    shards = find_shards(data_paths)
+    corpora = sorted({s.parent for s in shards if (s.parent / MANIFEST).is_file()})
+    lone = [s for s in shards if s.parent not in corpora]  # no manifest: no checksums to compare
+    problems = [p for target in corpora + lone for p in verify_path(target)]
+    if problems:
+        shown = "\n  - ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise ConfigError(f"--data_path: the shards failed verification (see `llt verify`; "
+                          f"--verify_data false skips this):\n  - {shown}{more}")
+
+
 def embedding_rows(model) -> int:
     """Rows of the input embedding; read from the module, since under ZeRO-3 the weight
     is partitioned and its local shape is empty."""

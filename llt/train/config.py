@@ -52,6 +52,9 @@ class DataArguments:
         "help": "corpus folder(s) from `llt encode`; every .idx/.bin under them is used. Required."})
     shuffle_data: bool = field(default=True, metadata={
         "help": "shuffle the sample order each epoch (from --seed/--data_seed and the epoch)"})
+    verify_data: bool = field(default=True, metadata={
+        "help": "before training, check every shard as `llt verify` does (sizes, xxh3 checksums, "
+                "headers, ids below the vocabulary); reads the data once"})
     padding: Literal["free", "longest", "max_length"] = field(default="free", metadata={
         "help": "free: a micro-batch's samples end to end in one row, positions restarting per "
                 "document (no padding, no cross-document attention); longest: pad to the "
@@ -121,6 +124,19 @@ class LltTrainingArguments(TrainingArguments):
             self.save_strategy, self.save_steps = "no", 500
         if self.save_epochs < 0:
             raise ConfigError(f"--save_epochs {self.save_epochs}: must be 0 or more")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ConfigError(f"--max_epochs {self.num_train_epochs} and --max_steps {self.max_steps}: "
+                              "nothing to train; give one of them a positive value")
+        for flag in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, flag) < 1:
+                raise ConfigError(f"--{flag} {getattr(self, flag)}: must be 1 or more")
+        if self.precision != "auto" and (self.bf16 or self.fp16) and not (
+                (self.precision == "bf16" and self.bf16 and not self.fp16)
+                or (self.precision == "fp16" and self.fp16 and not self.bf16)):
+            raise ConfigError(f"--precision {self.precision} contradicts --bf16 {self.bf16} / "
+                              f"--fp16 {self.fp16}; use --precision alone")
+        if self.bf16 and self.fp16:
+            raise ConfigError("--bf16 and --fp16 together: choose one (or --precision)")
         if self.precision == "auto":
             self.bf16 = self.bf16 or _bf16_supported(self)
         elif self.precision == "bf16":

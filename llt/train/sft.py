@@ -56,7 +56,7 @@ def build(model_args, data_args, lora_args, args):
     from llt.data.dataset import ShardDataset
     from llt.train.callbacks import (LossReportCallback, PreemptionCallback, SaveScheduleCallback,
                                      ThroughputCallback, peak_tflops)
-    from llt.train.checks import check_data_fits
+    from llt.train.checks import check_data_fits, verify_data
     from llt.train.collators import make_collator
     from llt.train.loss import use_chunked_loss
     from llt.train.model import apply_lora, flops_per_token_info, load_model, load_tokenizer
@@ -65,6 +65,8 @@ def build(model_args, data_args, lora_args, args):
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING,
                         format="%(message)s")
     tokenizer, new_ids = load_tokenizer(model_args)
+    if data_args.verify_data:
+        verify_data(data_args.data_path)
     dataset = ShardDataset(data_args.data_path)
     model = load_model(model_args, args, tokenizer, new_ids)
     check_data_fits(dataset, tokenizer, model, data_args, new_ids)

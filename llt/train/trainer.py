@@ -85,10 +85,15 @@ class LltTrainer(Trainer):
             num_workers=args.dataloader_num_workers, pin_memory=args.dataloader_pin_memory, **extra)
 
     def data_position(self) -> tuple[int, int]:
-        """(epoch, micro-steps of it done on each rank) after `state.global_step` updates."""
-        per_epoch = math.ceil(len(self.sampler) / self.args.gradient_accumulation_steps)
-        epoch, updates = divmod(self.state.global_step, per_epoch)
-        return epoch, min(updates * self.args.gradient_accumulation_steps, len(self.sampler))
+        """(epoch, micro-steps of it done on each rank), from HF's fractional `state.epoch`
+        (epoch + micro-steps done / micro-steps per epoch), which follows the resumed
+        position even when the number of processes changed."""
+        per_epoch = len(self.sampler)
+        epoch = int(math.floor((self.state.epoch or 0.0) + 1e-9))
+        step = round(((self.state.epoch or 0.0) - epoch) * per_epoch)
+        if step >= per_epoch:
+            epoch, step = epoch + 1, 0
+        return epoch, step
 
     # ---- training ----
     def compute_loss(self, model, inputs, *args, **kwargs):
@@ -211,11 +216,50 @@ class LltTrainer(Trainer):
                  "gradient_accumulation_steps": "--gradient_accumulation_steps",
                  "shuffle": "--shuffle_data", "seed": "--seed/--data_seed"}
         changed = [f"{flags[k]} ({saved.get(k)!r} -> {v!r})" if k != "data" else "--data_path (the shards differ)"
-                   for k, v in now.items() if saved.get(k) != v]
+                   for k, v in now.items() if saved.get(k) != v and k != "world_size"]
         if changed:
             raise ConfigError(f"--load_ckpt_path {ckpt}: cannot resume exactly, changed since the "
                               f"checkpoint: {'; '.join(changed)}")
-        return int(saved["epoch"]), int(saved["step"])
+        epoch, step = int(saved["epoch"]), int(saved["step"])
+        if saved["world_size"] != args.world_size:
+            step = self._rescale_position(ckpt, saved, epoch)
+        return epoch, step
+
+    def _rescale_position(self, ckpt: Path, saved: dict, epoch: int) -> int:
+        """The micro-step to resume at with a different number of processes. The global
+        sample order depends only on (seed, epoch), so the position is the number of
+        samples of this epoch already trained, in units of the new global batch."""
+        old, new = saved["world_size"], self.args.world_size
+        if self.is_deepspeed_enabled:
+            raise ConfigError(
+                f"--load_ckpt_path {ckpt}: saved by {old} processes, resumed by {new}; DeepSpeed ZeRO "
+                f"partitions the optimizer state per rank, so resume with {old} processes, or convert "
+                "the checkpoint with DeepSpeed's ds_to_universal.py and set "
+                "\"checkpoint\": {\"load_universal\": true} in the DeepSpeed JSON")
+        seen = int(saved["samples_seen_in_epoch"])
+        per_update = self._train_batch_size * new * self.args.gradient_accumulation_steps
+        if seen % per_update:
+            raise ConfigError(
+                f"--load_ckpt_path {ckpt}: {seen} samples of epoch {epoch} were trained by {old} "
+                f"processes, not a whole number of optimizer steps of {per_update} samples with {new}; "
+                f"resume with {old} processes, or with a number that divides {seen // self._train_batch_size} "
+                "micro-batches evenly")
+        import logging
+        logging.getLogger("llt").warning(
+            "llt: resuming %d-process checkpoint with %d processes: epoch %d continues after its "
+            "first %d samples (model and optimizer state are replicated under data parallel)",
+            old, new, epoch, seen)
+        return seen // (self._train_batch_size * new)
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs,
+                             resume_from_checkpoint, trial):
+        """HF derives the data position from `global_step`, which only holds while the
+        number of processes is unchanged; llt's saved position holds either way."""
+        epochs, steps = super()._init_training_state(max_steps, num_update_steps_per_epoch,
+                                                     num_train_epochs, resume_from_checkpoint, trial)
+        if resume_from_checkpoint is not None and self._resume_position is not None:
+            epochs, steps = self._resume_position
+        return epochs, steps
 
 
 def _data_identity(dataset) -> list:
