@@ -49,15 +49,21 @@ class StepClock:
 
     def __init__(self):
         self.ends, self.tokens, self.inputs, self.pending, self.pending_inputs = [], [], [], 0, 0
+        self.pairs, self.pending_pairs, self.epoch = [], 0, {}
 
     def add(self, inputs):
         self.pending += int((inputs["labels"] != -100).sum())
         if "llt_counts" in inputs:
             self.pending_inputs += int(inputs["llt_counts"][1])
+            self.pending_pairs += int(inputs["llt_counts"][2])
         elif "attention_mask" in inputs:
-            self.pending_inputs += int(inputs["attention_mask"].sum())
+            mask = inputs["attention_mask"]
+            self.pending_inputs += int(mask.sum())
+            self.pending_pairs += int((mask.cumsum(-1) * mask).sum())
         else:
+            pos = inputs.get("position_ids")
             self.pending_inputs += inputs["input_ids"].numel()
+            self.pending_pairs += int((pos + 1).sum()) if pos is not None else 0
 
     def callback(self):
         from transformers import TrainerCallback
@@ -69,7 +75,8 @@ class StepClock:
                 clock.ends.append(time.perf_counter())
                 clock.tokens.append(clock.pending)
                 clock.inputs.append(clock.pending_inputs)
-                clock.pending = clock.pending_inputs = 0
+                clock.pairs.append(clock.pending_pairs)
+                clock.pending = clock.pending_inputs = clock.pending_pairs = 0
         return _Cb()
 
     def epoch_fraction(self, dataset, collator, bs: int) -> None:
@@ -94,10 +101,12 @@ class StepClock:
         out = {"trained_tokens": toks, "input_tokens": real, "seconds": round(secs, 2),
                "trained_tokens_per_second": round(toks / secs, 1),
                "input_tokens_per_second": round(real / secs, 1)}
-        out.update(self.epoch)
-        # An epoch at the measured input rate trains all of the epoch's trained tokens.
-        out["epoch_trained_tokens_per_second"] = round(
-            real / secs * self.epoch["epoch_trained_tokens"] / self.epoch["epoch_input_tokens"], 1)
+        out["attention_pairs"] = sum(self.pairs[warmup:])
+        if self.epoch:
+            out.update(self.epoch)
+            # An epoch at the measured input rate trains all of the epoch's trained tokens.
+            out["epoch_trained_tokens_per_second"] = round(
+                real / secs * self.epoch["epoch_trained_tokens"] / self.epoch["epoch_input_tokens"], 1)
         return out
 
 

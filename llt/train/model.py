@@ -62,7 +62,12 @@ def load_model(model_args, train_args, tok, new_token_ids: list[int]):
     model.config.use_cache = False
     if new_token_ids:
         add_token_rows(model, new_token_ids, old_vocab=len(tok) - len(new_token_ids))
-    log.info("llt: model %s, attention %s, dtype %s", model_args.model_path, attn, dtype)
+    how = {"flash_attention_2": "flash-attention varlen kernel, one flat row per micro-batch",
+           "sdpa": "PyTorch SDPA with a block-diagonal causal mask from position_ids",
+           "flex_attention": "flex attention with a document block mask from position_ids",
+           "eager": "eager attention with a block-diagonal mask from position_ids"}.get(attn, attn)
+    log.warning("llt: model %s, dtype %s, attention %s: packed documents isolated by %s",
+                model_args.model_path, str(dtype).replace("torch.", ""), attn, how)
     return model
 
 

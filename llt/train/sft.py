@@ -70,7 +70,9 @@ def build(model_args, data_args, lora_args, args):
     dataset = ShardDataset(data_args.data_path)
     model = load_model(model_args, args, tokenizer, new_ids)
     check_data_fits(dataset, tokenizer, model, data_args, new_ids)
-    if model_args.chunked_loss:
+    # Liger's fused linear cross-entropy (--use_liger_kernel, patched in by HF) does the
+    # same job in one kernel; llt's chunked loss is the portable default.
+    if model_args.chunked_loss and not args.use_liger_kernel:
         use_chunked_loss(model)
     throughput = ThroughputCallback(flops_per_token_info(model), peak_tflops(args.peak_tflops))
     if lora_args.use_lora:
