@@ -155,14 +155,7 @@ def run_mode(mode: str, paths: dict, tiny: bool, steps: int, bs: int, ga: int, o
                           train_dataset=ShardDataset(data_args.data_path), data_collator=plain)
     info = flops_per_token_info(trainer.model)
     clock = StepClock()
-    trainer.add_callback(clock.callback())
-    inner = trainer.compute_loss
-
-    def counting(model, inputs, *a, **k):
-        if model.training:
-            clock.add(inputs)
-        return inner(model, inputs, *a, **k)
-    trainer.compute_loss = counting
+    clock.attach(trainer)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()

@@ -65,6 +65,17 @@ class StepClock:
             self.pending_inputs += inputs["input_ids"].numel()
             self.pending_pairs += int((pos + 1).sum()) if pos is not None else 0
 
+    def attach(self, trainer) -> None:
+        """Time `trainer`'s optimizer steps and count the tokens of each training batch."""
+        trainer.add_callback(self.callback())
+        inner = trainer.compute_loss
+
+        def counting(model, inputs, *a, **k):
+            if model.training:
+                self.add(inputs)
+            return inner(model, inputs, *a, **k)
+        trainer.compute_loss = counting
+
     def callback(self):
         from transformers import TrainerCallback
 
@@ -123,14 +134,7 @@ def run_llt(mode: str, model: str, corpus: str, out: str, steps: int, bs: int, g
     trainer = build(*parse_args(argv))
     clock = StepClock()
     clock.epoch_fraction(trainer.train_dataset, trainer.data_collator, bs)
-    trainer.add_callback(clock.callback())
-    inner = trainer.compute_loss
-
-    def counting(model, inputs, *a, **k):
-        if model.training:
-            clock.add(inputs)
-        return inner(model, inputs, *a, **k)
-    trainer.compute_loss = counting
+    clock.attach(trainer)
     trainer.train()
     return clock
 
@@ -152,14 +156,7 @@ def run_trl(mode: str, model: str, out: str, steps: int, bs: int, ga: int, max_l
     trainer = SFTTrainer(model=m, args=cfg, train_dataset=ds, processing_class=tok)
     clock = StepClock()
     clock.epoch_fraction(trainer.train_dataset, trainer.data_collator, bs)
-    trainer.add_callback(clock.callback())
-    inner = trainer.compute_loss
-
-    def counting(model, inputs, *a, **k):
-        if model.training:
-            clock.add(inputs)
-        return inner(model, inputs, *a, **k)
-    trainer.compute_loss = counting
+    clock.attach(trainer)
     trainer.train()
     return clock
 

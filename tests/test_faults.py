@@ -131,7 +131,7 @@ def test_sigterm_saves_a_resumable_checkpoint_and_resuming_continues_exactly(tmp
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    assert "stopped by signal" in out and "--load_ckpt_path" in out
+    assert "stopped by SIGTERM" in out and "--load_ckpt_path" in out
     stopped = _steps(run)[-1]
     assert 4 <= stopped < STEPS
     ckpt = run / f"checkpoint-{stopped}"
@@ -192,7 +192,7 @@ def test_two_process_run_preempted_on_one_rank_and_killed_resumes_exactly(tmp_pa
     rank1.send_signal(signal.SIGUSR1)  # the other preemption signal; SIGTERM is tested above
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    assert "stopped by signal" in out
+    assert "stopped by" in out  # rank 0 prints; it learnt of SIGUSR1 from rank 1
     stopped = _steps(run)[-1]
     assert stopped < DDP_STEPS
 

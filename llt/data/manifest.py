@@ -58,11 +58,11 @@ def write_manifest(corpus_dir: Path, *, args: dict, info: TokenizerInfo, dtype: 
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, corpus_dir / MANIFEST)
-    _fsync_dir(corpus_dir)
+    fsync_dir(corpus_dir)
     return manifest
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -40,10 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llt train: {args.resume_from_checkpoint} is at step {trainer.already_finished}, the "
               "last step of this run; nothing to train (raise --max_steps or --max_epochs to go on)")
         return 0
-    preempt = next(c for c in trainer.callback_handler.callbacks if type(c).__name__ == "PreemptionCallback")
+    from llt.train.callbacks import PreemptionCallback
+
+    preempt = next(c for c in trainer.callback_handler.callbacks if isinstance(c, PreemptionCallback))
     if preempt.stopped_at is not None:
         if args.should_save:
-            print(f"llt train: stopped by signal {preempt.received} after step {preempt.stopped_at}; "
+            import signal
+            name = signal.Signals(preempt.received).name if preempt.received else "a signal on another rank"
+            print(f"llt train: stopped by {name} after step {preempt.stopped_at}; "
                   f"resumable checkpoint saved; continue with --load_ckpt_path {args.output_dir}")
         return 0
     if args.should_save:

@@ -18,6 +18,7 @@ from accelerate.data_loader import DataLoaderShard
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from llt.data.manifest import fsync_dir
 from llt.data.sampler import EpochBatchSampler
 from llt.train.config import ConfigError
 
@@ -30,14 +31,6 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return sorted((p for p in Path(run_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
                    if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()),
                   key=lambda p: int(p.name.split("-")[-1]))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def newest_checkpoint(path: str | Path) -> Path:
@@ -137,7 +130,7 @@ class LltTrainer(Trainer):
                 os.replace(final, old)
                 shutil.rmtree(old, ignore_errors=True)
             os.replace(staging / name, final)
-            _fsync_dir(run_dir)
+            fsync_dir(run_dir)
             self._rotate(run_dir)
             try:
                 staging.rmdir()
