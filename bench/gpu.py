@@ -98,7 +98,8 @@ def check_logits(paths: dict, tiny: bool) -> dict:
     model = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=dtype, attn_implementation=attn)
     model.config.use_cache = False
     model.to("cuda" if cuda else "cpu").train()
-    flat = attn.startswith("flash")
+    from llt.train.attention import is_varlen
+    flat = is_varlen(attn)
     ds = ShardDataset(paths["packed"])
     batch = PaddingFreeCollator(flat=flat, flash_kwargs=flat)([ds[i] for i in range(min(4, len(ds)))])
     batch.pop("llt_counts")
@@ -151,7 +152,7 @@ def run_mode(mode: str, paths: dict, tiny: bool, steps: int, bs: int, ga: int, o
             batch = collate(features)
             batch.pop("llt_counts")
             return batch
-        trainer = Trainer(model=load_model(model_args, args, tok, []), args=args,
+        trainer = Trainer(model=load_model(model_args, args, tok, [], padded=True), args=args,
                           train_dataset=ShardDataset(data_args.data_path), data_collator=plain)
     info = flops_per_token_info(trainer.model)
     clock = StepClock()

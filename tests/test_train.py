@@ -62,13 +62,15 @@ def _doc_slices(position_ids, length):
     return list(zip(starts[:-1], starts[1:]))
 
 
-@pytest.mark.parametrize("flat", [False, True])
-def test_packed_documents_give_the_logits_they_give_alone(tmp_path, tiny_model_dir, toy_corpora, flat):
+@pytest.mark.parametrize("attn,flat", [("llt_sdpa_varlen", True), ("sdpa", False), ("sdpa", True),
+                                       ("eager", False)])
+def test_packed_documents_give_the_logits_they_give_alone(tmp_path, tiny_model_dir, toy_corpora, attn, flat):
     """Through the training call path (sampler -> collator -> Trainer.compute_loss -> model
-    in train mode), each document of a packed sample sees only itself, in both layouts:
-    one flat row (flash-attention) and one padded row per sample (sdpa)."""
-    trainer = _trainer(tiny_model_dir, toy_corpora["qa_packed"], tmp_path)
-    assert trainer.data_collator.flat is False  # sdpa on CPU: one row per sample
+    in train mode), each document of a packed sample sees only itself: SDPA per document
+    on one flat row (the CPU default), and a block mask from the positions on one padded
+    row per sample or on one flat row."""
+    trainer = _trainer(tiny_model_dir, toy_corpora["qa_packed"], tmp_path, "--attn_implementation", attn)
+    assert trainer.data_collator.flat is (attn == "llt_sdpa_varlen")
     trainer.data_collator.flat = flat
     model = trainer.model
     model.train()
@@ -81,7 +83,7 @@ def test_packed_documents_give_the_logits_they_give_alone(tmp_path, tiny_model_d
     with torch.no_grad():
         # The batch as the model gets it in training; logits come from the same forward
         # without labels (llt's training loss never builds full logits).
-        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         loss = trainer.compute_loss(model, dict(batch))
         n = (batch["labels"][:, 1:] != -100).sum()
         from_logits = torch.nn.functional.cross_entropy(
@@ -96,6 +98,8 @@ def test_packed_documents_give_the_logits_they_give_alone(tmp_path, tiny_model_d
         assert n_docs > 8 and worst < 1e-4, worst
         # The trap this guards against: with a KV cache built in train mode, transformers
         # ignores the positions and the documents attend to each other.
+        if attn == "llt_sdpa_varlen":
+            return  # boundaries come as cu_seq_lens, not through the cache-sensitive mask
         model.config.use_cache = True
         leaky = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
         lo, hi = _doc_slices(batch["position_ids"][0], rows[0][1])[-1]

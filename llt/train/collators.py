@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from llt.data.collate import PaddedCollator, PaddingFreeCollator
+from llt.train.attention import is_varlen
 from llt.train.config import ConfigError
 
 
 def make_collator(data_args, dataset, tokenizer, model):
     if data_args.padding == "free":
         attn = getattr(model.config, "_attn_implementation", None) or "sdpa"
-        # flash-attention's varlen kernel costs per document: one flat row, no padding.
-        # sdpa/eager cost the square of the row: one row per sample.
-        flat = attn.startswith("flash_attention")
+        # Varlen attention (flash-attention, llt's per-document SDPA) costs per document:
+        # one flat row, no padding. Masked sdpa/eager cost the square of the row: one row
+        # per sample.
+        flat = is_varlen(attn)
         return PaddingFreeCollator(flat=flat, flash_kwargs=flat, pad_token_id=tokenizer.pad_token_id,
                                    pad_to_multiple_of=data_args.pad_to_multiple_of)
     if dataset.packed:
@@ -21,4 +23,8 @@ def make_collator(data_args, dataset, tokenizer, model):
     pad_to = None
     if data_args.padding == "max_length":
         pad_to = max(h.get("max_length") or 0 for h in dataset.headers) or None
+    if is_varlen(getattr(model.config, "_attn_implementation", None) or "sdpa"):
+        raise ConfigError(f"--padding {data_args.padding} needs an attention mask, which "
+                          f"{model.config._attn_implementation} does not take; use --padding free, "
+                          "or --attn_implementation sdpa")
     return PaddedCollator(tokenizer.pad_token_id, data_args.pad_to_multiple_of, pad_to)

@@ -35,9 +35,11 @@ class ModelArguments:
         "help": "HF model folder (or hub id) to start from. Required."})
     tokenizer_path: str | None = field(default=None, metadata={
         "help": "tokenizer folder; default: --model_path"})
-    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "flex_attention", "eager"] = field(
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "llt_sdpa_varlen", "flex_attention",
+                                 "eager"] = field(
         default="auto", metadata={"help": "auto: flash_attention_2 when flash-attn is installed and "
-                                          "a CUDA GPU is used, else sdpa"})
+                                          "a CUDA GPU is used; on CPU llt_sdpa_varlen (SDPA per "
+                                          "document); else sdpa"})
     chunked_loss: bool = field(default=True, metadata={
         "help": "compute lm_head and the loss only at trained positions, a chunk at a time, "
                 "instead of full-vocabulary logits everywhere (same loss; less time and memory)"})

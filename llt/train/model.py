@@ -13,9 +13,13 @@ from llt.train.config import ConfigError, project_path, split_tokens
 log = logging.getLogger("llt")
 
 
-def pick_attn_implementation(requested: str, use_cpu: bool = False) -> str:
+def pick_attn_implementation(requested: str, use_cpu: bool = False, padded: bool = False) -> str:
     """`auto`: flash-attention 2 when the package is installed and a CUDA GPU is in use
-    (its varlen kernel takes padding-free batches as they are), else PyTorch's sdpa."""
+    (its varlen kernel takes padding-free batches as they are); on CPU, SDPA per document
+    (`llt.train.attention`); else PyTorch's sdpa with a block mask."""
+    from llt.train import attention
+
+    attention.register()
     if requested != "auto":
         return requested
     if not use_cpu and torch.cuda.is_available():
@@ -23,8 +27,8 @@ def pick_attn_implementation(requested: str, use_cpu: bool = False) -> str:
             import flash_attn  # noqa: F401
             return "flash_attention_2"
         except ImportError:
-            pass
-    return "sdpa"
+            return "sdpa"
+    return "sdpa" if padded else attention.NAME  # padded batches need a mask-taking kernel
 
 
 def load_tokenizer(model_args):
@@ -46,11 +50,11 @@ def load_tokenizer(model_args):
     return tok, new_ids
 
 
-def load_model(model_args, train_args, tok, new_token_ids: list[int]):
+def load_model(model_args, train_args, tok, new_token_ids: list[int], padded: bool = False):
     """The causal LM in training dtype, cache off, embeddings grown for added tokens."""
     from transformers import AutoModelForCausalLM
 
-    attn = pick_attn_implementation(model_args.attn_implementation, train_args.use_cpu)
+    attn = pick_attn_implementation(model_args.attn_implementation, train_args.use_cpu, padded)
     dtype = torch.bfloat16 if train_args.bf16 else torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(model_args.model_path, dtype=dtype,
@@ -63,6 +67,7 @@ def load_model(model_args, train_args, tok, new_token_ids: list[int]):
     if new_token_ids:
         add_token_rows(model, new_token_ids, old_vocab=len(tok) - len(new_token_ids))
     how = {"flash_attention_2": "flash-attention varlen kernel, one flat row per micro-batch",
+           "llt_sdpa_varlen": "SDPA run on each document alone, one flat row per micro-batch",
            "sdpa": "PyTorch SDPA with a block-diagonal causal mask from position_ids",
            "flex_attention": "flex attention with a document block mask from position_ids",
            "eager": "eager attention with a block-diagonal mask from position_ids"}.get(attn, attn)

@@ -72,7 +72,7 @@ def build(model_args, data_args, lora_args, args):
     if data_args.verify_data:
         verify_data(data_args.data_path)
     dataset = ShardDataset(data_args.data_path)
-    model = load_model(model_args, args, tokenizer, new_ids)
+    model = load_model(model_args, args, tokenizer, new_ids, padded=data_args.padding != "free")
     check_data_fits(dataset, tokenizer, model, data_args, new_ids)
     # Liger's fused linear cross-entropy (--use_liger_kernel, patched in by HF) does the
     # same job in one kernel; llt's chunked loss is the portable default.

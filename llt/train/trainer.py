@@ -1,9 +1,12 @@
 """`LltTrainer`: HF's Trainer fed by llt's sampler, with an exact, O(1) data resume.
 
-It overrides three things: the train DataLoader (llt's rank-sharded, seeded sampler, see
-`llt.data.sampler`), `compute_loss` (to hand the batch's token counts to the throughput
-callback) and checkpoint saving/resuming (the data position is stored beside the
-optimizer state and checked on resume). Everything else is the stock Trainer.
+It overrides what the data and the checkpoints need, nothing else:
+* `get_train_dataloader`: llt's rank-sharded, seeded sampler (see `llt.data.sampler`);
+* `compute_loss`: hands each batch's token counts to the throughput callback;
+* `_save_checkpoint` / `_get_output_dir`: atomic checkpoint folders with the data position
+  and the loss report inside, and rotation that never deletes the newest;
+* `train` / `_init_training_state`: resume checks, and the saved data position (which
+  survives a change in the number of processes) instead of one derived from the step.
 """
 
 from __future__ import annotations
