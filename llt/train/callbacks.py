@@ -7,7 +7,6 @@ throughput meter the batches it trains on.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from pathlib import Path
@@ -147,10 +146,6 @@ class SaveScheduleCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kw):
         self.last_saved = state.global_step
-
-
-def main_process_first_env() -> bool:
-    return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 class PreemptionCallback(TrainerCallback):

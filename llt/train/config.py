@@ -11,7 +11,6 @@ checkpoints resumable.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,7 +213,3 @@ def split_tokens(values: list[str] | None) -> list[str]:
     for v in values or []:
         out += [t.strip() for t in v.split(",") if t.strip()]
     return out
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from llt.errors import LltError
 
-log = logging.getLogger("llt")
 
 
 def main(argv: list[str] | None = None) -> int:
