@@ -5,6 +5,12 @@
     llt verify PATH        checksums, headers, id ranges of every shard
     llt train --help       train on shards (recipes/sft.py on one device; use
                            `accelerate launch recipes/sft.py` for several)
+    llt export CKPT --out DIR
+                           a standalone HF model folder from a checkpoint (LoRA merged,
+                           DeepSpeed ZeRO consolidated)
+    llt generate MODEL --prompt TEXT
+                           generate from a model, checkpoint or run folder
+    llt plot RUN [RUN...]  several runs' loss curves on one figure
     llt quickstart         the README's first command: a small end-to-end run, offline
 """
 
@@ -56,7 +62,25 @@ def _train(argv: list[str]) -> int:
     return main(argv)
 
 
-COMMANDS = {"train": _train, "encode": _encode, "inspect": _inspect, "verify": _verify, "quickstart": _quickstart}
+def _export(argv: list[str]) -> int:
+    from llt.export import main
+
+    return main(argv)
+
+
+def _generate(argv: list[str]) -> int:
+    from llt.generate import main
+
+    return main(argv)
+
+
+def _plot(argv: list[str]) -> int:
+    from llt.plot import main
+
+    return main(argv)
+
+
+COMMANDS = {"train": _train, "export": _export, "generate": _generate, "plot": _plot, "encode": _encode, "inspect": _inspect, "verify": _verify, "quickstart": _quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:

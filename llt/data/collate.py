@@ -39,6 +39,28 @@ def batch_counts(labels: np.ndarray, positions: np.ndarray, real: np.ndarray) ->
                     dtype=np.float64)
 
 
+def corpus_counts(features: list[dict], n_groups: int) -> np.ndarray:
+    """[n_groups, 2]: input tokens and trained tokens of each corpus in the batch
+    (filler samples, which only keep ranks in step, count for none)."""
+    out = np.zeros((n_groups, 2), dtype=np.float64)
+    for f in features:
+        if not f.get("filler"):
+            out[f["corpus"]] += (len(f["input_ids"]), (f["labels"] != IGNORE_INDEX).sum())
+    return out
+
+
+def _add_groups(batch: dict, features: list[dict], rows: list[tuple[int, int, int]], n_groups: int) -> None:
+    """`llt_groups` (each position's corpus, for the per-corpus loss) and `llt_corpus_counts`;
+    `rows` gives each feature's (row, start, end) in the batch."""
+    if n_groups <= 1:
+        return
+    groups = np.zeros(batch["labels"].shape, dtype=np.int64)
+    for f, (row, lo, hi) in zip(features, rows):
+        groups[row, lo:hi] = f.get("corpus", 0)
+    batch["llt_groups"] = torch.from_numpy(groups)
+    batch["llt_corpus_counts"] = torch.from_numpy(corpus_counts(features, n_groups))
+
+
 class PaddingFreeCollator:
     """Samples laid out so that documents never attend to each other and no attention mask
     is needed: `position_ids` restart at 0 on every document start.
@@ -51,8 +73,9 @@ class PaddingFreeCollator:
     again, labels -100) that no real token can see: for sdpa/eager, whose masked attention
     costs the square of the row length, so one row of B*L tokens would cost B times more.
 
-    Each batch also carries `llt_counts` (see `batch_counts`), which `LltTrainer` removes
-    before the model sees the batch.
+    Each batch also carries `llt_counts` (see `batch_counts`) and, with `n_groups` > 1
+    corpora, `llt_groups` and `llt_corpus_counts` (see `corpus_counts`); `LltTrainer`
+    removes them before the model sees the batch.
 
     Examples:
         >>> feats = [{"input_ids": np.array([5, 6, 7]), "labels": np.array([-100, 6, 7]),
@@ -70,9 +93,10 @@ class PaddingFreeCollator:
     """
 
     def __init__(self, flat: bool = True, flash_kwargs: bool = False, pad_token_id: int = 0,
-                 pad_to_multiple_of: int | None = None):
+                 pad_to_multiple_of: int | None = None, n_groups: int = 1):
         self.flat, self.flash_kwargs = flat, flash_kwargs
         self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
+        self.n_groups = n_groups
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         positions = [document_positions(len(f["input_ids"]), f["doc_starts"]) for f in features]
@@ -81,6 +105,8 @@ class PaddingFreeCollator:
             labels = np.concatenate([f["labels"] for f in features])[None]
             pos = np.concatenate(positions)[None]
             real = np.ones_like(ids, dtype=bool)
+            ends = np.cumsum([len(p) for p in positions])
+            rows = [(0, int(e - len(p)), int(e)) for p, e in zip(positions, ends)]
         else:
             width = max(len(f["input_ids"]) for f in features)
             if self.pad_to_multiple_of:
@@ -95,6 +121,7 @@ class PaddingFreeCollator:
                 ids[row, :k], labels[row, :k], pos[row, :k], real[row, :k] = \
                     f["input_ids"], f["labels"], p, True
                 pos[row, k:] -= k  # the padding is a document of its own
+            rows = [(r, 0, len(p)) for r, p in enumerate(positions)]
         batch = {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
                  "position_ids": torch.from_numpy(pos),
                  "llt_counts": torch.from_numpy(batch_counts(labels, pos, real))}
@@ -104,6 +131,7 @@ class PaddingFreeCollator:
             longest = int(np.diff(cu).max())
             batch.update(cu_seq_lens_q=torch.from_numpy(cu), cu_seq_lens_k=torch.from_numpy(cu),
                          max_length_q=longest, max_length_k=longest)
+        _add_groups(batch, features, rows, self.n_groups)
         return batch
 
 
@@ -127,7 +155,8 @@ class PaddedCollator:
     """
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None,
-                 pad_to: int | None = None):
+                 pad_to: int | None = None, n_groups: int = 1):
+        self.n_groups = n_groups
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
         self.pad_to = pad_to
@@ -148,6 +177,9 @@ class PaddedCollator:
             k = len(f["input_ids"])
             ids[row, :k], labels[row, :k], mask[row, :k] = f["input_ids"], f["labels"], 1
         positions = np.cumsum(mask, axis=1) - 1
-        return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
-                "attention_mask": torch.from_numpy(mask),
-                "llt_counts": torch.from_numpy(batch_counts(labels, positions, mask.astype(bool)))}
+        batch = {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
+                 "attention_mask": torch.from_numpy(mask),
+                 "llt_counts": torch.from_numpy(batch_counts(labels, positions, mask.astype(bool)))}
+        _add_groups(batch, features, [(r, 0, len(f["input_ids"])) for r, f in enumerate(features)],
+                    self.n_groups)
+        return batch

@@ -52,7 +52,12 @@ def find_shards(data_path: str | Path | list) -> list[Path]:
 
 
 class ShardDataset(torch.utils.data.Dataset):
-    """Samples as `{"input_ids", "labels", "doc_starts"}` int64 numpy arrays.
+    """Samples as `{"input_ids", "labels", "doc_starts"}` int64 numpy arrays, plus
+    `corpus`, the index of the `data_path` entry the sample comes from.
+
+    `data_path` is one corpus (a folder, or one shard) or a list of them; each entry is a
+    corpus of its own, named by `names` (default: the folder's name), and its shards come
+    in path order after the previous entry's.
 
     `labels` are the ids where the stored loss mask trains them and -100 elsewhere, and
     also -100 at the first token of every packed document: nothing inside a document
@@ -69,11 +74,29 @@ class ShardDataset(torch.utils.data.Dataset):
         array([-100, -100, -100, -100,  412,   29])
     """
 
-    def __init__(self, data_path: str | Path | list):
-        self.paths = find_shards(data_path)
+    def __init__(self, data_path: str | Path | list, names: list[str] | None = None):
+        corpora = list(data_path) if isinstance(data_path, (list, tuple)) else [data_path]
+        self.names = list(names) if names else [_corpus_name(p) for p in corpora]
+        if len(self.names) != len(corpora):
+            raise ValueError("one name per corpus")
+        self.paths: list[Path] = []
+        shard_corpus: list[int] = []
+        owner: dict[Path, str] = {}
+        for c, corpus in enumerate(corpora):
+            for p in find_shards(corpus):
+                if p in owner:
+                    raise DataError(f"--data_path: {p} is in both {owner[p]} and {corpus}; "
+                                    "give each corpus its own folder")
+                owner[p] = str(corpus)
+                self.paths.append(p)
+                shard_corpus.append(c)
         self.readers = [ShardReader(p) for p in self.paths]
         counts = [len(r) for r in self.readers]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.shard_corpus = np.asarray(shard_corpus, dtype=np.int64)
+        # Shards are in corpus order, so corpus c holds samples [corpus_offsets[c], corpus_offsets[c+1]).
+        ends = [int(self.offsets[np.flatnonzero(self.shard_corpus == c)[-1] + 1]) for c in range(len(corpora))]
+        self.corpus_offsets = np.array([0] + ends, dtype=np.int64)
         self.headers = [r.header for r in self.readers]
         prints = {h.get("tokenizer_fingerprint") for h in self.headers}
         if len(prints) > 1:
@@ -85,6 +108,14 @@ class ShardDataset(torch.utils.data.Dataset):
                             "train on shards from one tokenizer")
         if len(self) == 0:
             raise DataError(f"--data_path {data_path}: the shards hold no samples")
+
+    @property
+    def n_corpora(self) -> int:
+        return len(self.names)
+
+    def corpus_ids(self, c: int) -> np.ndarray:
+        """The dataset indices of corpus `c`'s samples."""
+        return np.arange(self.corpus_offsets[c], self.corpus_offsets[c + 1], dtype=np.int64)
 
     @property
     def fingerprint(self) -> str | None:
@@ -111,8 +142,11 @@ class ShardDataset(torch.utils.data.Dataset):
         return int(self.offsets[-1])
 
     def locate(self, i: int) -> tuple[ShardReader, int]:
+        return self._locate(i)[1:]
+
+    def _locate(self, i: int) -> tuple[int, ShardReader, int]:
         s = bisect.bisect_right(self.offsets, i) - 1
-        return self.readers[s], i - int(self.offsets[s])
+        return s, self.readers[s], i - int(self.offsets[s])
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         filler = i < 0
@@ -120,7 +154,7 @@ class ShardDataset(torch.utils.data.Dataset):
             i = ~i
         if not 0 <= i < len(self):
             raise IndexError(f"sample {i} out of range for {len(self)} samples")
-        reader, j = self.locate(i)
+        s, reader, j = self._locate(i)
         ids = reader.tokens(j).astype(np.int64)
         starts = reader.doc_starts(j)
         if filler:
@@ -130,7 +164,14 @@ class ShardDataset(torch.utils.data.Dataset):
             for lo, hi in _gaps(reader.loss_spans(j), len(ids)):
                 labels[lo:hi] = IGNORE_INDEX
             labels[starts] = IGNORE_INDEX
-        return {"input_ids": ids, "labels": labels, "doc_starts": starts}
+        return {"input_ids": ids, "labels": labels, "doc_starts": starts,
+                "corpus": int(self.shard_corpus[s]), "filler": filler}
+
+
+def _corpus_name(path) -> str:
+    """A corpus's default name: its folder's (or shard's) name."""
+    p = Path(path)
+    return p.stem if p.suffix in (".idx", ".bin") else (p.name or str(p))
 
 
 def _gaps(spans: np.ndarray, length: int):

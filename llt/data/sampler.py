@@ -36,8 +36,13 @@ class EpochBatchSampler:
         [[[0], [2], [4]], [[1], [3], [-5]]]
     """
 
-    def __init__(self, n_samples: int, batch_size: int, world_size: int = 1, rank: int = 0,
+    def __init__(self, n_samples, batch_size: int, world_size: int = 1, rank: int = 0,
                  shuffle: bool = True, seed: int = 42):
+        # `n_samples`: a count (samples 0..n-1 every epoch) or an `EpochPlan` (the samples
+        # of each epoch: a held-out split removed, corpora mixed by weight).
+        self.plan = None if isinstance(n_samples, (int, np.integer)) else n_samples
+        if self.plan is not None:
+            n_samples = self.plan.size
         if n_samples < 1:
             raise ValueError("no samples to train on")
         self.n, self.batch_size, self.world_size, self.rank = n_samples, batch_size, world_size, rank
@@ -60,9 +65,10 @@ class EpochBatchSampler:
 
     def order(self, epoch: int) -> np.ndarray:
         """The global sample order of `epoch`, the same on every rank."""
+        ids = np.arange(self.n, dtype=np.int64) if self.plan is None else self.plan.ids(epoch)
         if not self.shuffle:
-            return np.arange(self.n, dtype=np.int64)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            return ids
+        return ids[np.random.default_rng([self.seed, epoch]).permutation(self.n)]
 
     def rank_batch(self, order: np.ndarray, step: int) -> list[int]:
         chunk = order[step * self.global_batch:(step + 1) * self.global_batch]
@@ -85,4 +91,5 @@ class EpochBatchSampler:
         """What a checkpoint stores to resume the data exactly."""
         return {"epoch": epoch, "step": step, "samples_seen_in_epoch": min(step * self.global_batch, self.n),
                 "n_samples": self.n, "batch_size": self.batch_size, "world_size": self.world_size,
-                "shuffle": self.shuffle, "seed": self.seed}
+                "shuffle": self.shuffle, "seed": self.seed,
+                "plan": self.plan.identity() if self.plan is not None else None}

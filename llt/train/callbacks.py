@@ -59,6 +59,23 @@ class ThroughputCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kw):
         self.last_time = time.perf_counter()
+        # A resumed run goes on counting from where the checkpoint's history stopped.
+        seen = [e for e in state.log_history if "tokens_seen" in e]
+        if seen:
+            self.totals = [seen[-1]["trained_tokens_seen"], seen[-1]["tokens_seen"], 0.0]
+
+    def on_step_end(self, args, state, control, **kw):
+        self.step_end = time.perf_counter()
+
+    def on_evaluate(self, args, state, control, **kw):
+        # Evaluation and saving run after a step ends; their time is not training time.
+        now = time.perf_counter()
+        if self.last_time is not None:
+            start = max(getattr(self, "step_end", now), self.last_time)
+            self.last_time += now - start
+        self.step_end = now
+
+    on_save = on_evaluate
 
     def on_log(self, args, state, control, logs=None, **kw):
         if logs is None or "loss" not in logs or self.last_time is None:
@@ -76,11 +93,61 @@ class ThroughputCallback(TrainerCallback):
             "trained_tokens_per_second": round(trained / dt, 1),
             "tokens_per_second": round(tokens / dt, 1),
             "trained_tokens_seen": int(self.totals[0]),
+            "tokens_seen": int(self.totals[1]),
         }
         flops = (6 * self.info["matmul_params"] * tokens
                  + 12 * self.info["layers"] * self.info["attn_width"] * pairs)
         if self.peak:
             figures["mfu"] = round(flops / dt / (self.peak * 1e12 * max(args.world_size, 1)), 4)
+        logs.update(figures)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(figures)
+
+
+class CorpusMixCallback(TrainerCallback):
+    """With several corpora, logs what each one actually got: `tokens_seen/<name>`
+    (input tokens so far), `share/<name>` (its share of all input tokens so far) and
+    `loss/<name>` (its mean loss per trained token since the last log line), summed over
+    ranks. The counts come from the collator, the losses from llt's chunked loss."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.pending: torch.Tensor | None = None  # [G, 3]: input tokens, trained tokens, loss sum
+        self.seen = [0.0] * len(names)
+
+    def observe_counts(self, corpus_counts: torch.Tensor) -> None:
+        add = torch.zeros(len(self.names), 3, dtype=torch.float64, device=corpus_counts.device)
+        add[:, :2] = corpus_counts[:len(self.names)]
+        self.pending = add if self.pending is None else self.pending + add.to(self.pending.device)
+
+    def observe_loss(self, group_loss: torch.Tensor) -> None:
+        if self.pending is None:
+            return
+        self.pending = self.pending.to(group_loss.device)
+        self.pending[:, 2] += group_loss.detach().double()[:len(self.names)]
+
+    def on_train_begin(self, args, state, control, **kw):
+        last = next((e for e in reversed(state.log_history) if f"tokens_seen/{self.names[0]}" in e), None)
+        if last:
+            self.seen = [last.get(f"tokens_seen/{n}", 0) for n in self.names]
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if logs is None or "loss" not in logs:
+            return
+        pending = self.pending if self.pending is not None else torch.zeros(len(self.names), 3, dtype=torch.float64)
+        self.pending = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            pending = pending.to(args.device)
+            torch.distributed.all_reduce(pending)
+        rows = pending.tolist()
+        self.seen = [s + r[0] for s, r in zip(self.seen, rows)]
+        total = sum(self.seen) or 1.0
+        figures = {}
+        for name, seen, (_, trained, loss) in zip(self.names, self.seen, rows):
+            figures[f"tokens_seen/{name}"] = int(seen)
+            figures[f"share/{name}"] = round(seen / total, 4)
+            if trained and loss:
+                figures[f"loss/{name}"] = round(loss / trained, 4)
         logs.update(figures)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(figures)
@@ -117,13 +184,18 @@ def write_loss_report(folder: str | Path, state) -> None:
 
 
 class LossReportCallback(TrainerCallback):
-    """Writes the loss history and its plot into the run folder at the end (each
-    checkpoint gets its own copy as it is written, see `LltTrainer._save_checkpoint`)."""
+    """Writes the loss history, its plot and `run_summary.json` into the run folder at the
+    end (each checkpoint gets its own history and plot as it is written, see
+    `LltTrainer._save_checkpoint`)."""
 
     def on_train_end(self, args, state, control, **kw):
         if state.is_world_process_zero:
+            from llt.train.report import run_summary
+
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)
             write_loss_report(args.output_dir, state)
+            (Path(args.output_dir) / "run_summary.json").write_text(
+                json.dumps(run_summary(state, args.output_dir), indent=1))
 
 
 class SaveScheduleCallback(TrainerCallback):

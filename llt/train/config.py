@@ -50,7 +50,15 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     data_path: list[str] | None = field(default=None, metadata={
-        "help": "corpus folder(s) from `llt encode`; every .idx/.bin under them is used. Required."})
+        "help": "corpus folder(s) from `llt encode`, each `[name=]path[:weight]`; every .idx/.bin "
+                "under a path is used. With weights (for every corpus), each epoch holds that share "
+                "of tokens from each corpus, up- or down-sampled. Required."})
+    eval_data_path: list[str] | None = field(default=None, metadata={
+        "help": "held-out corpus folder(s) (`[name=]path`), encoded like the training data; "
+                "evaluated every --eval_steps"})
+    eval_split: float = field(default=0.0, metadata={
+        "help": "hold out this fraction (< 1) or number (>= 1) of each corpus's samples for "
+                "evaluation, never trained on; the same samples whatever the seed"})
     shuffle_data: bool = field(default=True, metadata={
         "help": "shuffle the sample order each epoch (from --seed/--data_seed and the epoch)"})
     verify_data: bool = field(default=True, metadata={
@@ -99,6 +107,10 @@ class LltTrainingArguments(TrainingArguments):
     peak_tflops: float | None = field(default=None, metadata={
         "help": "device peak TFLOPS for the MFU figure; default: looked up from the GPU's name"})
     logging_steps: float = field(default=10, metadata={"help": "log every N optimizer steps"})
+    report_to: None | str | list[str] = field(default="tensorboard", metadata={
+        "help": "where logs go besides the console and the run folder: tensorboard (installed with "
+                "llt; events under <run>/runs/), any HF integration installed (wandb, mlflow, ...), "
+                "all, or none"})
     remove_unused_columns: bool = field(default=False, metadata={
         "help": "kept False: llt's collators need the document starts"})
 

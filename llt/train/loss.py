@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import types
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,22 +30,34 @@ log = logging.getLogger("llt")
 CHUNK_BYTES = 2 ** 27  # 128 MB of fp32 logits per chunk (~3x that while its backward runs)
 
 
+@dataclass
+class LltCausalLMOutput(CausalLMOutputWithPast):
+    """The loss output, plus the summed loss of each corpus (`group_loss`) when the batch
+    carried `llt_groups`."""
+
+    group_loss: torch.Tensor | None = None
+
+
 def _chunk_loss(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = lm_head(hidden).float()
-    return F.cross_entropy(logits, targets, reduction="sum")
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def chunked_token_losses(lm_head, hidden: torch.Tensor, targets: torch.Tensor, vocab_size: int,
+                         chunk_rows: int | None = None) -> torch.Tensor:
+    """Cross-entropy of `lm_head(hidden)` against `targets` ([N, H], [N]) at each row: [N]."""
+    rows = chunk_rows or max(64, CHUNK_BYTES // (4 * vocab_size))
+    if hidden.shape[0] <= rows:
+        return _chunk_loss(lm_head, hidden, targets)
+    return torch.cat([checkpoint(_chunk_loss, lm_head, hidden[lo:lo + rows], targets[lo:lo + rows],
+                                 use_reentrant=False)
+                      for lo in range(0, hidden.shape[0], rows)])
 
 
 def chunked_lm_loss(lm_head, hidden: torch.Tensor, targets: torch.Tensor, vocab_size: int,
                     chunk_rows: int | None = None) -> torch.Tensor:
     """Sum of cross-entropy of `lm_head(hidden)` against `targets` ([N, H], [N])."""
-    rows = chunk_rows or max(64, CHUNK_BYTES // (4 * vocab_size))
-    if hidden.shape[0] <= rows:
-        return _chunk_loss(lm_head, hidden, targets)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for lo in range(0, hidden.shape[0], rows):
-        total = total + checkpoint(_chunk_loss, lm_head, hidden[lo:lo + rows], targets[lo:lo + rows],
-                                   use_reentrant=False)
-    return total
+    return chunked_token_losses(lm_head, hidden, targets, vocab_size, chunk_rows).sum()
 
 
 def supports_chunked_loss(model) -> str | None:
@@ -58,9 +71,13 @@ def supports_chunked_loss(model) -> str | None:
     return None
 
 
-def use_chunked_loss(model, chunk_rows: int | None = None) -> bool:
+def use_chunked_loss(model, chunk_rows: int | None = None, n_groups: int = 1) -> bool:
     """Install the chunked loss on `model` (a *ForCausalLM); False, with a log line, where
-    its layout is not the standard one and the stock loss stays."""
+    its layout is not the standard one and the stock loss stays.
+
+    A forward given `llt_groups` (each position's corpus, from the collator) also returns
+    `group_loss`, the [n_groups] loss sums per corpus, detached: the logs show each
+    corpus's loss at no extra lm_head work."""
     reason = supports_chunked_loss(model)
     if reason:
         log.info("llt: stock loss (full logits): %s", reason)
@@ -68,7 +85,7 @@ def use_chunked_loss(model, chunk_rows: int | None = None) -> bool:
     stock = model.forward
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, labels=None,
-                num_items_in_batch=None, **kwargs):
+                num_items_in_batch=None, llt_groups=None, **kwargs):
         if labels is None or kwargs.get("return_dict") is False:
             return stock(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          labels=labels, num_items_in_batch=num_items_in_batch, **kwargs)
@@ -78,12 +95,19 @@ def use_chunked_loss(model, chunk_rows: int | None = None) -> bool:
         hidden = out.last_hidden_state[:, :-1]
         targets = labels[:, 1:].to(hidden.device)
         keep = targets != -100
-        loss = chunked_lm_loss(self.get_output_embeddings(), hidden[keep], targets[keep],
-                               self.config.vocab_size, chunk_rows)
-        denom = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+        per_token = chunked_token_losses(self.get_output_embeddings(), hidden[keep], targets[keep],
+                                         self.config.vocab_size, chunk_rows)
+        loss = per_token.sum()
+        group_loss = None
+        if llt_groups is not None:
+            groups = llt_groups[:, 1:].to(hidden.device)[keep]
+            group_loss = torch.zeros(n_groups, dtype=torch.float32, device=loss.device).index_add_(
+                0, groups, per_token.detach().float())
+        # With no trained position (a filler batch), the sum is 0: divide by 1, not 0.
+        denom = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
         if torch.is_tensor(denom):
             denom = denom.to(loss.device)
-        return CausalLMOutputWithPast(loss=loss / denom, logits=None)
+        return LltCausalLMOutput(loss=loss / denom, logits=None, group_loss=group_loss)
 
     model.forward = types.MethodType(forward, model)
     return True

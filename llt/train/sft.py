@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from llt.errors import LltError
+from llt.train.config import ConfigError
 
 
 
@@ -56,11 +57,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def build(model_args, data_args, lora_args, args):
     """Everything up to `trainer.train()`; every check that can fail runs here."""
-    from llt.data.dataset import ShardDataset
-    from llt.train.callbacks import (LossReportCallback, PreemptionCallback, SaveScheduleCallback,
-                                     ThroughputCallback, peak_tflops)
-    from llt.train.checks import check_data_fits, verify_data
+    from llt.train.callbacks import (CorpusMixCallback, LossReportCallback, PreemptionCallback,
+                                     SaveScheduleCallback, ThroughputCallback, peak_tflops)
+    from llt.train.checks import check_data_fits
     from llt.train.collators import make_collator
+    from llt.train.data import build_data
+    from llt.train.report import write_run_report
     from llt.train.loss import use_chunked_loss
     from llt.train.model import apply_lora, flops_per_token_info, load_model, load_tokenizer
     from llt.train.trainer import LltTrainer
@@ -68,32 +70,56 @@ def build(model_args, data_args, lora_args, args):
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING,
                         format="%(message)s")
     tokenizer, new_ids = load_tokenizer(model_args)
-    if data_args.verify_data:
-        verify_data(data_args.data_path)
-    dataset = ShardDataset(data_args.data_path)
+    data = build_data(data_args, args)
+    use_eval(args, data.eval_set)
+    dataset = data.dataset
     model = load_model(model_args, args, tokenizer, new_ids, padded=data_args.padding != "free")
     check_data_fits(dataset, tokenizer, model, data_args, new_ids)
     # Liger's fused linear cross-entropy (--use_liger_kernel, patched in by HF) does the
     # same job in one kernel; llt's chunked loss is the portable default.
-    if model_args.chunked_loss and not args.use_liger_kernel:
-        use_chunked_loss(model)
+    n_groups = max(dataset.n_corpora, len(data.eval_set.names) if data.eval_set else 1)
+    group_loss = bool(model_args.chunked_loss and not args.use_liger_kernel
+                      and use_chunked_loss(model, n_groups=n_groups))
     throughput = ThroughputCallback(flops_per_token_info(model), peak_tflops(args.peak_tflops))
     if lora_args.use_lora:
         model = apply_lora(model, lora_args, new_ids)
+    callbacks = [LossReportCallback(), SaveScheduleCallback(args.save_epochs, args.save_final),
+                 PreemptionCallback()]
+    mix = CorpusMixCallback(dataset.names) if dataset.n_corpora > 1 else None
     trainer = LltTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-        data_collator=make_collator(data_args, dataset, tokenizer, model),
-        callbacks=[LossReportCallback(), SaveScheduleCallback(args.save_epochs, args.save_final),
-                   PreemptionCallback()],
-        shuffle_data=data_args.shuffle_data, throughput=throughput)
+        data_collator=make_collator(data_args, dataset, tokenizer, model, n_groups),
+        callbacks=callbacks, shuffle_data=data_args.shuffle_data, throughput=throughput,
+        plan=data.plan, eval_dataset=data.eval_set, mix=mix, group_loss=group_loss)
     if args.resume_from_checkpoint:
         args.resume_from_checkpoint = trainer.plan_resume(args.resume_from_checkpoint)
     # First, so the figures it adds reach the printed line and every report_to backend.
     trainer.callback_handler.callbacks.insert(0, throughput)
+    if mix is not None:
+        trainer.callback_handler.callbacks.insert(1, mix)
     if args.should_save:
         save_config(args.output_dir, model_args=model_args, data_args=data_args,
                     lora_args=lora_args, args=args)
+        write_run_report(args.output_dir, args, data, model)
     return trainer
+
+
+def use_eval(args, eval_set) -> None:
+    """Evaluate every --eval_steps (default: --logging_steps) when there is held-out data,
+    and record the best checkpoint by eval loss."""
+    from transformers.trainer_utils import IntervalStrategy
+
+    if eval_set is None:
+        if args.eval_strategy != IntervalStrategy.NO:
+            raise ConfigError(f"--eval_strategy {args.eval_strategy.value}: no held-out data; "
+                              "give --eval_data_path or --eval_split")
+        return
+    if args.eval_strategy == IntervalStrategy.NO:
+        args.eval_strategy = IntervalStrategy.STEPS
+    if args.eval_strategy == IntervalStrategy.STEPS and not args.eval_steps:
+        args.eval_steps = args.logging_steps
+    if args.metric_for_best_model is None:
+        args.metric_for_best_model, args.greater_is_better = "loss", False
 
 
 def save_config(folder: str, **groups) -> Path:

@@ -51,10 +51,14 @@ def newest_checkpoint(path: str | Path) -> Path:
 
 
 class LltTrainer(Trainer):
-    def __init__(self, *args, shuffle_data: bool = True, throughput=None, **kwargs):
+    def __init__(self, *args, shuffle_data: bool = True, throughput=None, plan=None,
+                 mix=None, group_loss: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.shuffle_data = shuffle_data
         self.throughput = throughput
+        self.plan = plan  # each epoch's samples (llt.data.mixture.EpochPlan); None: all, once
+        self.mix = mix  # per-corpus tokens and loss (CorpusMixCallback)
+        self.group_loss = group_loss  # the model's loss returns per-corpus sums
         self.sampler: EpochBatchSampler | None = None
         self.already_finished: int | None = None
         self._resume_position: tuple[int, int] | None = None
@@ -63,7 +67,7 @@ class LltTrainer(Trainer):
     def get_train_dataloader(self):
         args = self.args
         self.sampler = EpochBatchSampler(
-            len(self.train_dataset), self._train_batch_size, world_size=args.world_size,
+            self.plan if self.plan is not None else len(self.train_dataset), self._train_batch_size, world_size=args.world_size,
             rank=args.process_index, shuffle=self.shuffle_data,
             seed=args.data_seed if args.data_seed is not None else args.seed)
         if self._resume_position:
@@ -91,12 +95,84 @@ class LltTrainer(Trainer):
             epoch, step = epoch + 1, 0
         return epoch, step
 
+    def n_samples(self) -> int:
+        """Samples per epoch."""
+        return self.plan.size if self.plan is not None else len(self.train_dataset)
+
     # ---- training ----
-    def compute_loss(self, model, inputs, *args, **kwargs):
-        counts = inputs.pop("llt_counts", None)  # the model must not see it
-        if counts is not None and model.training and self.throughput is not None:
-            self.throughput.observe(counts)
-        return super().compute_loss(model, inputs, *args, **kwargs)
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        counts = inputs.pop("llt_counts", None)  # the model must not see these
+        corpus_counts = inputs.pop("llt_corpus_counts", None)
+        groups = inputs.pop("llt_groups", None)
+        if groups is not None and self.group_loss:
+            inputs["llt_groups"] = groups
+        if model.training:
+            if counts is not None and self.throughput is not None:
+                self.throughput.observe(counts)
+            if corpus_counts is not None and self.mix is not None:
+                self.mix.observe_counts(corpus_counts)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
+        if model.training and self.mix is not None and isinstance(outputs, dict) \
+                and outputs.get("group_loss") is not None:
+            self.mix.observe_loss(outputs["group_loss"])
+        return (loss, outputs) if return_outputs else loss
+
+    # ---- evaluation ----
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        """Loss over the held-out set, weighted by trained tokens (HF's loop averages batch
+        means, which over-weights short batches), overall and per corpus, all ranks
+        together. Each rank evaluates every world-th sample; all take the same number of
+        steps (fillers), which ZeRO-3's gathered forward needs."""
+        eval_set = self.eval_dataset if eval_dataset is None else eval_dataset
+        if eval_set is None:
+            return {}
+        import torch
+
+        args = self.args
+        sampler = EpochBatchSampler(len(eval_set), args.per_device_eval_batch_size,
+                                    world_size=args.world_size, rank=args.process_index, shuffle=False)
+        loader = DataLoaderShard(eval_set, device=args.device if self.accelerator.device_placement else None,
+                                 batch_sampler=sampler, collate_fn=self.data_collator,
+                                 num_workers=args.dataloader_num_workers, pin_memory=args.dataloader_pin_memory)
+        model = self.model_wrapped if self.model_wrapped is not None else self.model
+        names = eval_set.names
+        sums = torch.zeros(len(names) + 1, 2, dtype=torch.float64, device=args.device)  # loss, tokens
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for batch in loader:
+                batch.pop("llt_counts", None)
+                corpus_counts = batch.pop("llt_corpus_counts", None)
+                groups = batch.pop("llt_groups", None)
+                if groups is not None and self.group_loss:
+                    batch["llt_groups"] = groups
+                trained = (batch["labels"][:, 1:] != -100).sum()
+                with self.compute_loss_context_manager():
+                    out = model(**batch)
+                if trained:
+                    sums[-1] += torch.stack([out["loss"].double() * trained, trained.double()])
+                if out.get("group_loss") is not None and corpus_counts is not None:
+                    sums[:-1, 0] += out["group_loss"].double()[:len(names)]
+                    sums[:-1, 1] += corpus_counts.to(sums.device)[:len(names), 1]
+        if was_training:
+            model.train()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(sums)
+        loss, tokens = sums[-1].tolist()
+        metrics = {f"{metric_key_prefix}_loss": loss / max(tokens, 1), f"{metric_key_prefix}_tokens": int(tokens)}
+        key = args.metric_for_best_model or "loss"
+        value = metrics.get(key if key.startswith(metric_key_prefix) else f"{metric_key_prefix}_{key}")
+        if value is not None and (self.state.best_metric is None or (
+                value > self.state.best_metric if args.greater_is_better else value < self.state.best_metric)):
+            # HF records the best step only when saving by steps; llt always does.
+            self.state.best_global_step = self.state.global_step
+        if len(names) > 1 and self.group_loss:
+            for name, (l, t) in zip(names, sums[:-1].tolist()):
+                if t:
+                    metrics[f"{metric_key_prefix}_loss/{name}"] = l / t
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(args, self.state, self.control, metrics)
+        return metrics
 
     # ---- checkpoints ----
     _staging: Path | None = None
@@ -144,12 +220,18 @@ class LltTrainer(Trainer):
     def _write_extras(self, folder: Path) -> None:
         from llt.train.callbacks import write_loss_report
 
+        best = self.state.best_global_step
+        if best and (best == self.state.global_step or (folder.parent.parent / f"{PREFIX_CHECKPOINT_DIR}-{best}").is_dir()):
+            # HF records the best checkpoint under the staging folder it saved into; point
+            # it at the final name (this one, once renamed, or an earlier one).
+            self.state.best_model_checkpoint = str(folder.parent.parent / f"{PREFIX_CHECKPOINT_DIR}-{best}")
+            self.state.save_to_json(str(folder / "trainer_state.json"))
         write_loss_report(folder, self.state)
         if self.args.save_only_model or self.sampler is None:
             return
         state = self.sampler.state(*self.data_position())
         state.update(gradient_accumulation_steps=self.args.gradient_accumulation_steps,
-                     data=_data_identity(self.train_dataset))
+                     data=_data_identity(self.train_dataset), plan=self.plan.identity() if self.plan else None)
         (folder / DATA_STATE).write_text(json.dumps(state, indent=1))
 
     def _rotate(self, run_dir: Path) -> None:
@@ -161,6 +243,9 @@ class LltTrainer(Trainer):
         if not limit or limit <= 0:
             return
         ckpts = _checkpoints(run_dir)
+        best = self.state.best_model_checkpoint
+        if best and Path(best) in ckpts[:-limit]:
+            ckpts.remove(Path(best))  # the best by eval loss is kept beside the newest ones
         for old in ckpts[:-limit]:
             doomed = run_dir / STAGING / f"deleting-{old.name}"
             os.replace(old, doomed)
@@ -177,7 +262,7 @@ class LltTrainer(Trainer):
         """Optimizer steps this run trains to, as HF computes them."""
         if self.args.max_steps > 0:
             return self.args.max_steps
-        batches = math.ceil(len(self.train_dataset) / (self._train_batch_size * self.args.world_size))
+        batches = math.ceil(self.n_samples() / (self._train_batch_size * self.args.world_size))
         per_epoch = math.ceil(batches / self.args.gradient_accumulation_steps)
         return math.ceil(self.args.num_train_epochs * per_epoch)
 
@@ -201,18 +286,21 @@ class LltTrainer(Trainer):
                 f"with --model_path {ckpt}")
         saved = json.loads(state_file.read_text())
         args = self.args
-        now = {"n_samples": len(self.train_dataset), "world_size": args.world_size,
+        now = {"n_samples": self.n_samples(), "world_size": args.world_size,
                "batch_size": self._train_batch_size,
                "gradient_accumulation_steps": args.gradient_accumulation_steps,
                "shuffle": self.shuffle_data,
                "seed": args.data_seed if args.data_seed is not None else args.seed,
-               "data": _data_identity(self.train_dataset)}
-        flags = {"n_samples": "--data_path", "data": "--data_path", "world_size": "the number of processes",
+               "data": _data_identity(self.train_dataset),
+               "plan": self.plan.identity() if self.plan else None}
+        flags = {"n_samples": "--data_path/--eval_split", "data": "--data_path",
+                 "plan": "--data_path corpora or weights", "world_size": "the number of processes",
                  "batch_size": "--per_device_train_batch_size",
                  "gradient_accumulation_steps": "--gradient_accumulation_steps",
                  "shuffle": "--shuffle_data", "seed": "--seed/--data_seed"}
         changed = [f"{flags[k]} ({saved.get(k)!r} -> {v!r})" if k != "data" else "--data_path (the shards differ)"
-                   for k, v in now.items() if saved.get(k) != v and k != "world_size"]
+                   for k, v in now.items() if saved.get(k) != v and k != "world_size"
+                   and not (k == "plan" and "plan" not in saved)]
         if changed:
             raise ConfigError(f"--load_ckpt_path {ckpt}: cannot resume exactly, changed since the "
                               f"checkpoint: {'; '.join(changed)}")

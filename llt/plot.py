@@ -1,0 +1,101 @@
+"""`llt plot RUN [RUN ...]`: several runs' training and eval loss on one figure.
+
+    llt plot output/lora-20261128-101500 output/full-20261128-120000 --out compare.png
+
+Each RUN is a run folder or a checkpoint (anything holding `loss_history.json`, or
+`trainer_state.json` for checkpoints of other tools). The x axis is input tokens seen by
+default, so runs with different batch sizes or sequence lengths line up; `--x step`
+plots against optimizer steps. Eval points are drawn as markers in the run's colour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from llt.errors import LltError
+
+
+class PlotError(LltError, ValueError):
+    pass
+
+
+def read_history(path: str | Path) -> list[dict]:
+    """The log entries of a run folder or checkpoint."""
+    p = Path(path)
+    for name in ("loss_history.json", "trainer_state.json"):
+        f = p / name
+        if f.is_file():
+            data = json.loads(f.read_text())
+            return data["log_history"] if isinstance(data, dict) else data
+    ckpts = sorted(p.glob("checkpoint-*/loss_history.json"), key=lambda f: int(f.parent.name.split("-")[-1])
+                   if f.parent.name.split("-")[-1].isdigit() else -1)
+    if ckpts:  # a run still going (or killed): its newest checkpoint's copy
+        return json.loads(ckpts[-1].read_text())
+    raise PlotError(f"{p}: no loss_history.json or trainer_state.json (not a run folder or checkpoint)")
+
+
+def series(history: list[dict], x: str) -> tuple[list, list, list, list]:
+    """(train x, train loss, eval x, eval loss). Eval entries carry no token count; theirs
+    is read off the training entries at the same step."""
+    train = [e for e in history if "loss" in e and "step" in e]
+    evals = [e for e in history if "eval_loss" in e and "step" in e]
+    if x == "step":
+        return ([e["step"] for e in train], [e["loss"] for e in train],
+                [e["step"] for e in evals], [e["eval_loss"] for e in evals])
+    if train and all("tokens_seen" in e for e in train):
+        steps = [e["step"] for e in train]
+        tokens = [e["tokens_seen"] for e in train]
+        ex = np.interp([e["step"] for e in evals], [0] + steps, [0] + tokens).tolist()
+        return tokens, [e["loss"] for e in train], ex, [e["eval_loss"] for e in evals]
+    raise PlotError("a run logged no tokens_seen (made by another tool?); plot it with --x step")
+
+
+def plot_runs(runs: list[str], out: str | Path, x: str = "tokens", labels: list[str] | None = None,
+              logy: bool = False) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = labels or [Path(r).name for r in runs]
+    if len(labels) != len(runs):
+        raise PlotError(f"--labels: {len(labels)} labels for {len(runs)} runs")
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    for run, label in zip(runs, labels):
+        try:
+            tx, ty, ex, ey = series(read_history(run), x)
+        except PlotError as e:
+            raise PlotError(f"{run}: {e}") from None
+        if not tx and not ex:
+            raise PlotError(f"{run}: no loss logged yet")
+        line, = ax.plot(tx, ty, label=f"{label} train", lw=1.2)
+        if ex:
+            ax.plot(ex, ey, "o--", color=line.get_color(), ms=4, label=f"{label} eval")
+    ax.set_xlabel("input tokens seen" if x == "tokens" else "optimizer step")
+    ax.set_ylabel("loss")
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="llt plot", description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", help="run folders or checkpoints")
+    ap.add_argument("--out", default="loss_comparison.png", help="image file to write (.png, .svg, .pdf)")
+    ap.add_argument("--x", choices=("tokens", "step"), default="tokens", help="x axis (default: tokens)")
+    ap.add_argument("--labels", nargs="+", help="legend labels, one per run (default: folder names)")
+    ap.add_argument("--logy", action="store_true", help="log-scale loss axis")
+    a = ap.parse_args(argv)
+    out = plot_runs(a.runs, a.out, a.x, a.labels, a.logy)
+    print(f"llt plot: wrote {out}")
+    return 0

@@ -1,0 +1,73 @@
+"""The run's data from `--data_path`, `--eval_split` and `--eval_data_path`: the training
+dataset, each epoch's samples (the mix), the held-out set, and what the run folder
+records about them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from llt.data.dataset import ShardDataset
+from llt.data.mixture import EpochPlan, EvalView, build_eval_set, parse_corpora, split_eval
+from llt.train.config import ConfigError
+
+
+@dataclass
+class RunData:
+    dataset: ShardDataset
+    plan: EpochPlan
+    eval_set: EvalView | None
+    specs: list
+
+    @property
+    def names(self) -> list[str]:
+        return self.dataset.names
+
+    def manifest(self) -> dict:
+        """`llt_data.json`: every corpus with its shards (name, samples, tokens, checksum),
+        the mix per epoch and the held-out set."""
+        from llt.data.manifest import MANIFEST
+
+        corpora = []
+        for c, spec in enumerate(self.specs):
+            shards = [{"path": str(p), "samples": h["n_samples"], "tokens": h["n_tokens"]}
+                      for p, h, k in zip(self.dataset.paths, self.dataset.headers, self.dataset.shard_corpus)
+                      if k == c]
+            manifests = sorted({str(Path(s["path"]).parent / MANIFEST) for s in shards
+                                if (Path(s["path"]).parent / MANIFEST).is_file()})
+            corpora.append({"name": spec.name, "path": str(Path(spec.path).resolve()), "weight": spec.weight,
+                            "encode_manifests": manifests, "shards": shards})
+        evals = None
+        if self.eval_set is not None:
+            evals = {"samples": len(self.eval_set), "groups": self.eval_set.names}
+        return {"tokenizer_fingerprint": self.dataset.fingerprint, "corpora": corpora,
+                "mix_per_epoch": self.plan.describe(), "samples_per_epoch": self.plan.size, "eval": evals}
+
+
+def build_data(data_args, args) -> RunData:
+    from llt.train.checks import verify_data
+
+    specs = parse_corpora(data_args.data_path)
+    eval_specs = parse_corpora(data_args.eval_data_path, "--eval_data_path") if data_args.eval_data_path else []
+    if data_args.verify_data:
+        verify_data([s.path for s in specs + eval_specs])
+    dataset = ShardDataset([s.path for s in specs], names=[s.name for s in specs])
+    if data_args.eval_split < 0:
+        raise ConfigError(f"--eval_split {data_args.eval_split}: must be 0 or more")
+    train_ids, held = split_eval(dataset, data_args.eval_split)
+    lengths = dataset.lengths()
+    weights = [s.weight for s in specs] if specs[0].weight is not None else None
+    seed = args.data_seed if args.data_seed is not None else args.seed
+    plan = EpochPlan(train_ids, [lengths[i] for i in train_ids], weights, seed=seed,
+                     shuffle=data_args.shuffle_data, names=dataset.names)
+    eval_data = None
+    if eval_specs:
+        if any(s.weight is not None for s in eval_specs):
+            raise ConfigError("--eval_data_path: weights do not apply to held-out data (every sample is "
+                              "evaluated); drop the :weight")
+        eval_data = ShardDataset([s.path for s in eval_specs], names=[s.name for s in eval_specs])
+        if eval_data.fingerprint != dataset.fingerprint:
+            raise ConfigError(f"--eval_data_path {eval_specs[0].path}: encoded with a different tokenizer "
+                              "than --data_path")
+    eval_set = build_eval_set(dataset, held, eval_data)
+    return RunData(dataset, plan, eval_set, specs)
