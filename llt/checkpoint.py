@@ -145,7 +145,7 @@ def load_checkpoint(path: str | Path, dtype: str | None = "auto", merge: bool = 
                                   "pass the base it was trained on with --base_model") from None
         if merge:
             model = model.merge_and_unload()
-        model = model.to(want)
+        cast_weights(model, want)
     elif kind == "zero":
         model, want = _load_zero(ckpt, dtype, original_cfg)
     else:
@@ -208,4 +208,15 @@ def _load_zero(ckpt: Path, dtype: str | None, original_cfg):
     if missing or info.get("unexpected_keys"):
         raise CheckpointError(f"{ckpt}: the consolidated weights do not match {config.architectures}: "
                               f"missing {sorted(missing)[:5]}, unexpected {sorted(info.get('unexpected_keys', []))[:5]}")
-    return model.to(want), want
+    cast_weights(model, want)
+    return model, want
+
+
+def cast_weights(model, dtype: torch.dtype) -> None:
+    """Cast the parameters only. `model.to(dtype)` would also cast float buffers such as
+    RoPE's inverse frequencies, which transformers keeps in fp32 (in bf16 that moved a
+    SmolLM2's logits by 0.6)."""
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
+    if getattr(model, "config", None) is not None:
+        model.config.dtype = dtype

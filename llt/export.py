@@ -79,12 +79,12 @@ def compare_logits(loaded: Loaded, folder: Path) -> float:
     ids = probe_ids(loaded.tokenizer)
     if (folder / "adapter_config.json").is_file():
         from peft import AutoPeftModelForCausalLM
-        again = AutoPeftModelForCausalLM.from_pretrained(str(folder))
+        again = AutoPeftModelForCausalLM.from_pretrained(str(folder), dtype=loaded.model.dtype)
     else:
-        again = AutoModelForCausalLM.from_pretrained(str(folder))
+        again = AutoModelForCausalLM.from_pretrained(str(folder), dtype=loaded.model.dtype)
     again.eval()
     a = loaded.model(input_ids=ids).logits.float()
-    b = again.to(loaded.model.dtype)(input_ids=ids).logits.float()
+    b = again(input_ids=ids).logits.float()
     diff = float((a - b).abs().max())
     tol = 1e-4 if loaded.model.dtype == torch.float32 else 5e-2
     if diff > tol:

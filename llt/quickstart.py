@@ -55,17 +55,26 @@ def main(argv: list[str]) -> int:
     from llt.train.sft import main as train
 
     recipe = project_path("recipes/quickstart_cpu.yaml")
-    rc = train([str(recipe), "--model_path", str(model_dir), "--data_path", str(out / "shards"),
+    rc = train([str(recipe), "--model_path", str(model_dir), "--data_path",
+                f"text={out / 'shards' / 'text'}", f"qa={out / 'shards' / 'qa'}",
                 "--output_path", str(out / "runs"), "--max_epochs", str(args.epochs)])
     if rc:
         return rc
     run = max((p for p in (out / "runs").iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
     ckpt = max(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    losses = [e["loss"] for e in json.loads((run / "loss_history.json").read_text()) if "loss" in e]
-    print(f"\n[4/4] loss {losses[0]:.2f} -> {losses[-1]:.2f} over {len(losses)} logged steps\n"
-          f"  run folder   {run}\n"
+    history = json.loads((run / "loss_history.json").read_text())
+    losses = [e["loss"] for e in history if "loss" in e]
+    evals = [e["eval_loss"] for e in history if "eval_loss" in e]
+    question = qa[0]["q"]
+    print(f"\n[4/4] loss {losses[0]:.2f} -> {losses[-1]:.2f} over {len(losses)} logged steps; "
+          f"held-out loss {evals[-1]:.2f}\n"
+          f"  run folder   {run}  (config, environment, data, summary, TensorBoard runs/)\n"
           f"  checkpoint   {ckpt}  (AutoModelForCausalLM.from_pretrained loads it; resumable with "
           f"--load_ckpt_path)\n"
           f"  loss plot    {run / 'loss.png'}\n"
-          f"  config       {run / 'llt_config.json'}")
-    return 0
+          f"next:\n"
+          f"  llt generate {run} --raw --prompt \"{question}\"\n"
+          f"  llt export {run} --out {out / 'model'}\n"
+          f"  llt plot {run} --out {out / 'loss_vs_tokens.png'}\n"
+          f"\n$ llt generate {run} --raw --prompt \"{question}\"")
+    return llt(["generate", str(run), "--raw", "--max_new_tokens", "12", "--prompt", question])

@@ -55,3 +55,7 @@ def test_quickstart_encodes_trains_and_says_where_the_outputs_are(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(ckpt)
     assert model.config.num_hidden_layers == 4
     assert Path(re.search(r"loss plot +(\S+)", r.stdout).group(1)).is_file()
+    held_out = float(re.search(r"held-out loss ([\d.]+)", r.stdout).group(1))
+    assert held_out < first
+    assert (ckpt.parent / "llt_data.json").is_file() and list((ckpt.parent / "runs").rglob("events.*"))
+    assert r.stdout.rstrip().splitlines()[-1].strip()  # the generated answer follows the command

@@ -18,7 +18,8 @@ PROBE = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 1, 64, 128]])
 
 
 def _args(model, corpus, out, *extra):
-    return ["--model_path", str(model), "--data_path", str(corpus), "--output_path", str(out),
+    corpora = [str(c) for c in corpus] if isinstance(corpus, list) else [str(corpus)]
+    return ["--model_path", str(model), "--data_path", *corpora, "--output_path", str(out),
             "--per_device_train_batch_size", "8", "--learning_rate", "1e-2", "--logging_steps", "1", *extra]
 
 
@@ -89,9 +90,12 @@ def test_lora_checkpoint_with_added_tokens_merges_to_the_adapters_logits(tmp_pat
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    assert train(_args(tiny_model_dir, toy_corpora["qa_packed"], tmp_path / "runs", "--max_steps", "4",
-                       "--use_lora", "--add_tokens", "<tool>")) == 0
+    # Two corpora: the per-corpus loss goes through PEFT's wrappers too.
+    assert train(_args(tiny_model_dir, [toy_corpora["qa_packed"], f"text={toy_corpora['text']}"],
+                       tmp_path / "runs", "--max_steps", "4", "--use_lora", "--add_tokens", "<tool>")) == 0
     ckpt = run_folder(tmp_path / "runs") / "checkpoint-4"
+    logged = [e for e in json.loads((ckpt / "loss_history.json").read_text()) if "loss" in e]
+    assert all("loss/qa_packed" in e or "loss/text" in e for e in logged)
     out = tmp_path / "merged"
     info = export(str(ckpt), out, check=True)
     assert info["kind"] == "lora" and info["merged"] and info["base_model"] == str(tiny_model_dir)
@@ -108,6 +112,13 @@ def test_lora_checkpoint_with_added_tokens_merges_to_the_adapters_logits(tmp_pat
     assert merged.get_input_embeddings().weight.shape[0] == len(tok)
     assert (_logits(adapted, probe) - _logits(merged, probe)).abs().max() < 1e-4
     assert not torch.allclose(_logits(_load(tiny_model_dir)), _logits(merged)[:, :, :-1], atol=1e-3)
+    # In bf16 the merged model keeps RoPE's frequencies in fp32, as transformers loads them,
+    # so it gives the logits the exported bf16 folder gives.
+    from llt.checkpoint import load_checkpoint
+    half = load_checkpoint(ckpt, "bf16")
+    assert half.model.model.rotary_emb.inv_freq.dtype == torch.float32
+    export(str(ckpt), tmp_path / "bf16", dtype="bf16")
+    assert torch.equal(_logits(half.model), _logits(_load(tmp_path / "bf16", dtype=torch.bfloat16)))
     # --no-merge: the adapter and tokenizer, loadable on the grown base.
     adapter = tmp_path / "adapter"
     assert llt(["export", str(ckpt), "--out", str(adapter), "--no-merge"]) == 0
@@ -127,8 +138,11 @@ def test_zero_checkpoint_exports_from_model_weights_or_consolidated_shards(tmp_p
     _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(port),
              str(ROOT / "recipes" / "sft.py"),
              *_flags(tiny_model_dir, toy_corpora["qa_packed"], tmp_path / "runs", "--max_steps", "3",
-                     "--deepspeed_config_path", f"configs/deepspeed/{stage}.json", "--save_optimizer")])
+                     "--deepspeed_config_path", f"configs/deepspeed/{stage}.json", "--save_optimizer",
+                     "--eval_split", "0.1", "--eval_steps", "3")])
     ckpt = run_folder(tmp_path / "runs") / "checkpoint-3"
+    evals = [e for e in json.loads((ckpt / "loss_history.json").read_text()) if "eval_loss" in e]
+    assert [e["step"] for e in evals] == [3] and evals[0]["eval_loss"] > 0  # evaluation under ZeRO
     assert (ckpt / "global_step3").is_dir()
     reference = _logits(_load(ckpt))  # the weights HF saved (gathered from ZeRO-3; fp32 here)
     assert not torch.equal(reference, _logits(_load(tiny_model_dir)))

@@ -115,20 +115,17 @@ def test_mixed_run_reports_the_mix_it_achieved_per_corpus(mixed_run, toy_corpora
         assert lo - 1e-3 <= e["loss"] <= hi + 1e-3
 
 
-def test_eval_loss_is_the_token_weighted_loss_on_held_out_samples(mixed_run, toy_corpora):
+def manual_eval(ckpt, toy_corpora, split=0.1) -> np.ndarray:
+    """[corpus, (loss sum, trained tokens)] of a checkpoint on the held-out text/qa samples,
+    one sample at a time, with transformers' own logits."""
     from transformers import AutoModelForCausalLM
 
     from llt.data.collate import PaddingFreeCollator
     from llt.data.mixture import build_eval_set
 
-    history = json.loads((mixed_run / "loss_history.json").read_text())
-    evals = [e for e in history if "eval_loss" in e]
-    assert [e["step"] for e in evals][:2] == [5, 10]
-    last_step = max(e["step"] for e in history)
-    assert evals[-1]["step"] == last_step  # evaluated at the end too
     ds = ShardDataset([toy_corpora["text"], toy_corpora["qa"]], names=["text", "qa"])
-    eval_set = build_eval_set(ds, split_eval(ds, 0.1)[1])
-    model = AutoModelForCausalLM.from_pretrained(mixed_run / f"checkpoint-{last_step}")
+    eval_set = build_eval_set(ds, split_eval(ds, split)[1])
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
     model.eval()
     sums = np.zeros((2, 2))
     for i in range(len(eval_set)):
@@ -140,6 +137,16 @@ def test_eval_loss_is_the_token_weighted_loss_on_held_out_samples(mixed_run, toy
         keep = target != -100
         ce = torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum")
         sums[s["corpus"]] += (ce.item(), keep.sum().item())
+    return sums
+
+
+def test_eval_loss_is_the_token_weighted_loss_on_held_out_samples(mixed_run, toy_corpora):
+    history = json.loads((mixed_run / "loss_history.json").read_text())
+    evals = [e for e in history if "eval_loss" in e]
+    assert [e["step"] for e in evals][:2] == [5, 10]
+    last_step = max(e["step"] for e in history)
+    assert evals[-1]["step"] == last_step  # evaluated at the end too
+    sums = manual_eval(mixed_run / f"checkpoint-{last_step}", toy_corpora)
     assert evals[-1]["eval_tokens"] == int(sums[:, 1].sum())
     assert evals[-1]["eval_loss"] == pytest.approx(sums[:, 0].sum() / sums[:, 1].sum(), rel=1e-5)
     assert evals[-1]["eval_loss/text"] == pytest.approx(sums[0, 0] / sums[0, 1], rel=1e-5)
@@ -165,6 +172,15 @@ def test_run_folder_records_config_environment_data_best_checkpoint(mixed_run, t
     assert state["best_model_checkpoint"] == str(mixed_run / f"checkpoint-{best_step}")
     assert (mixed_run / f"checkpoint-{best_step}" / "model.safetensors").is_file()
     assert (mixed_run / "llt_config.json").is_file() and (mixed_run / "loss.png").is_file()
+
+
+def test_export_best_takes_the_best_checkpoint_by_eval_loss(mixed_run, tmp_path):
+    from llt.export import export
+
+    summary = json.loads((mixed_run / "run_summary.json").read_text())
+    info = export(str(mixed_run), tmp_path / "best", best=True)
+    assert info["source"] == str((mixed_run / f"checkpoint-{summary['best_eval_step']}").resolve())
+    assert info["step"] == summary["best_eval_step"]
 
 
 def test_mixed_run_resumes_exactly_and_refuses_a_changed_mix(tmp_path, tiny_model_dir, toy_corpora, capsys):

@@ -148,3 +148,26 @@ def test_resume_with_a_different_number_of_processes_continues_the_sample_order(
     assert sorted(first + second) == list(range(300))  # 3 + 32 steps: exactly one epoch
     state = json.loads((tmp_path / "run" / "checkpoint-35" / "llt_data_state.json").read_text())
     assert state["world_size"] == 1 and state["epoch"] == 1 and state["step"] == 0
+
+
+def test_two_process_mixed_run_evaluates_each_held_out_sample_once(tmp_path, tiny_model_dir, toy_corpora):
+    """Eval samples are split over the ranks and the sums all-reduced: the 2-process eval
+    loss is the one-process, sample-by-sample loss of the same checkpoint."""
+    from tests.test_mix_eval import manual_eval
+
+    flags = _flags(tiny_model_dir, f"text={toy_corpora['text']}:0.4", tmp_path / "out", "--eval_split", "0.1",
+                   "--eval_steps", "3", "--per_device_eval_batch_size", "3", "--max_steps", "3",
+                   "--deepspeed_config_path", "none")
+    flags.insert(flags.index("--data_path") + 2, f"qa={toy_corpora['qa']}:0.6")
+    _launch([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+             "--main_process_port", "29521", str(ROOT / "recipes" / "sft.py"), *flags])
+    run = run_folder(tmp_path / "out")
+    history = json.loads((run / "loss_history.json").read_text())
+    [ev] = [e for e in history if "eval_loss" in e]
+    sums = manual_eval(run / "checkpoint-3", toy_corpora)
+    assert ev["eval_tokens"] == int(sums[:, 1].sum())
+    assert ev["eval_loss"] == pytest.approx(sums[:, 0].sum() / sums[:, 1].sum(), rel=1e-5)
+    assert ev["eval_loss/qa"] == pytest.approx(sums[1, 0] / sums[1, 1], rel=1e-5)
+    last = [e for e in history if "loss" in e][-1]
+    assert last["tokens_seen/text"] + last["tokens_seen/qa"] == last["tokens_seen"]
