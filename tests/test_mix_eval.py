@@ -31,9 +31,21 @@ def test_bad_data_path_entries_are_named(entries, message):
     assert message in str(e.value)
 
 
-def test_yaml_mapping_form_gives_the_same_corpora():
+def test_yaml_mapping_form_gives_the_same_corpora(tmp_path, tiny_model_dir, toy_corpora):
+    from llt.train.data import build_data
+    from llt.train.parse import parse_args
+
     assert parse_corpora({"math": "out/m:0.3", "chat": {"path": "out/c", "weight": 0.7}}) == \
         parse_corpora(["math=out/m:0.3", "chat=out/c:0.7"])
+    recipe = tmp_path / "mix.yaml"
+    recipe.write_text(f"data_path:\n  prose: {toy_corpora['text']}:0.25\n"
+                      f"  answers: {{path: {toy_corpora['qa']}, weight: 0.75}}\n"
+                      "eval_split: 4\nuse_cpu: true\ndeepspeed_config_path: none\nreport_to: none\n")
+    _, data_args, _, args = parse_args([str(recipe), "--model_path", str(tiny_model_dir),
+                                        "--output_path", str(tmp_path / "runs")])
+    data = build_data(data_args, args)
+    assert data.names == ["prose", "answers"] and data.plan.weights == [0.25, 0.75]
+    assert len(data.eval_set) == 4
 
 
 def _plan(ds, weights, seed=3, split=0.0):
