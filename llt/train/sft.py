@@ -62,9 +62,9 @@ def build(model_args, data_args, lora_args, args):
     from llt.train.checks import check_data_fits
     from llt.train.collators import make_collator
     from llt.train.data import build_data
-    from llt.train.report import write_run_report
     from llt.train.loss import use_chunked_loss
     from llt.train.model import apply_lora, flops_per_token_info, load_model, load_tokenizer
+    from llt.train.report import write_run_report
     from llt.train.trainer import LltTrainer
 
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING,
@@ -75,9 +75,10 @@ def build(model_args, data_args, lora_args, args):
     dataset = data.dataset
     model = load_model(model_args, args, tokenizer, new_ids, padded=data_args.padding != "free")
     check_data_fits(dataset, tokenizer, model, data_args, new_ids)
+    # Corpora, for per-corpus loss: training's, or the eval set's when it has more.
+    n_groups = max(dataset.n_corpora, len(data.eval_set.names) if data.eval_set else 1)
     # Liger's fused linear cross-entropy (--use_liger_kernel, patched in by HF) does the
     # same job in one kernel; llt's chunked loss is the portable default.
-    n_groups = max(dataset.n_corpora, len(data.eval_set.names) if data.eval_set else 1)
     group_loss = bool(model_args.chunked_loss and not args.use_liger_kernel
                       and use_chunked_loss(model, n_groups=n_groups))
     throughput = ThroughputCallback(flops_per_token_info(model), peak_tflops(args.peak_tflops))

@@ -2,9 +2,11 @@
 
 It overrides what the data and the checkpoints need, nothing else:
 * `get_train_dataloader`: llt's rank-sharded, seeded sampler (see `llt.data.sampler`);
-* `compute_loss`: hands each batch's token counts to the throughput callback;
+* `compute_loss`: hands each batch's token counts (and per-corpus counts and losses) to
+  the throughput and mix callbacks;
+* `evaluate`: the token-weighted held-out loss (`llt.train.evaluate`), and the best step;
 * `_save_checkpoint` / `_get_output_dir`: atomic checkpoint folders with the data position
-  and the loss report inside, and rotation that never deletes the newest;
+  and the loss report inside, and rotation that never deletes the newest or the best;
 * `train` / `_init_training_state`: resume checks, and the saved data position (which
   survives a change in the number of processes) instead of one derived from the step.
 """
@@ -67,8 +69,8 @@ class LltTrainer(Trainer):
     def get_train_dataloader(self):
         args = self.args
         self.sampler = EpochBatchSampler(
-            self.plan if self.plan is not None else len(self.train_dataset), self._train_batch_size, world_size=args.world_size,
-            rank=args.process_index, shuffle=self.shuffle_data,
+            self.plan if self.plan is not None else len(self.train_dataset), self._train_batch_size,
+            world_size=args.world_size, rank=args.process_index, shuffle=self.shuffle_data,
             seed=args.data_seed if args.data_seed is not None else args.seed)
         if self._resume_position:
             self.sampler.resume_at(*self._resume_position)
@@ -119,57 +121,22 @@ class LltTrainer(Trainer):
 
     # ---- evaluation ----
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
-        """Loss over the held-out set, weighted by trained tokens (HF's loop averages batch
-        means, which over-weights short batches), overall and per corpus, all ranks
-        together. Each rank evaluates every world-th sample; all take the same number of
-        steps (fillers), which ZeRO-3's gathered forward needs."""
+        """The held-out loss (see `llt.train.evaluate`), logged, and the best step by
+        `metric_for_best_model` recorded."""
         eval_set = self.eval_dataset if eval_dataset is None else eval_dataset
         if eval_set is None:
             return {}
-        import torch
+        from llt.train.evaluate import held_out_loss
 
         args = self.args
-        sampler = EpochBatchSampler(len(eval_set), args.per_device_eval_batch_size,
-                                    world_size=args.world_size, rank=args.process_index, shuffle=False)
-        loader = DataLoaderShard(eval_set, device=args.device if self.accelerator.device_placement else None,
-                                 batch_sampler=sampler, collate_fn=self.data_collator,
-                                 num_workers=args.dataloader_num_workers, pin_memory=args.dataloader_pin_memory)
         model = self.model_wrapped if self.model_wrapped is not None else self.model
-        names = eval_set.names
-        sums = torch.zeros(len(names) + 1, 2, dtype=torch.float64, device=args.device)  # loss, tokens
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            for batch in loader:
-                batch.pop("llt_counts", None)
-                corpus_counts = batch.pop("llt_corpus_counts", None)
-                groups = batch.pop("llt_groups", None)
-                if groups is not None and self.group_loss:
-                    batch["llt_groups"] = groups
-                trained = (batch["labels"][:, 1:] != -100).sum()
-                with self.compute_loss_context_manager():
-                    out = model(**batch)
-                if trained:
-                    sums[-1] += torch.stack([out["loss"].double() * trained, trained.double()])
-                if out.get("group_loss") is not None and corpus_counts is not None:
-                    sums[:-1, 0] += out["group_loss"].double()[:len(names)]
-                    sums[:-1, 1] += corpus_counts.to(sums.device)[:len(names), 1]
-        if was_training:
-            model.train()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(sums)
-        loss, tokens = sums[-1].tolist()
-        metrics = {f"{metric_key_prefix}_loss": loss / max(tokens, 1), f"{metric_key_prefix}_tokens": int(tokens)}
+        metrics = held_out_loss(self, model, eval_set, metric_key_prefix)
         key = args.metric_for_best_model or "loss"
         value = metrics.get(key if key.startswith(metric_key_prefix) else f"{metric_key_prefix}_{key}")
         if value is not None and (self.state.best_metric is None or (
                 value > self.state.best_metric if args.greater_is_better else value < self.state.best_metric)):
             # HF records the best step only when saving by steps; llt always does.
             self.state.best_global_step = self.state.global_step
-        if len(names) > 1 and self.group_loss:
-            for name, (l, t) in zip(names, sums[:-1].tolist()):
-                if t:
-                    metrics[f"{metric_key_prefix}_loss/{name}"] = l / t
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(args, self.state, self.control, metrics)
         return metrics
@@ -221,17 +188,19 @@ class LltTrainer(Trainer):
         from llt.train.callbacks import write_loss_report
 
         best = self.state.best_global_step
-        if best and (best == self.state.global_step or (folder.parent.parent / f"{PREFIX_CHECKPOINT_DIR}-{best}").is_dir()):
+        best_dir = folder.parent.parent / f"{PREFIX_CHECKPOINT_DIR}-{best}"
+        if best and (best == self.state.global_step or best_dir.is_dir()):
             # HF records the best checkpoint under the staging folder it saved into; point
             # it at the final name (this one, once renamed, or an earlier one).
-            self.state.best_model_checkpoint = str(folder.parent.parent / f"{PREFIX_CHECKPOINT_DIR}-{best}")
+            self.state.best_model_checkpoint = str(best_dir)
             self.state.save_to_json(str(folder / "trainer_state.json"))
         write_loss_report(folder, self.state)
         if self.args.save_only_model or self.sampler is None:
             return
         state = self.sampler.state(*self.data_position())
         state.update(gradient_accumulation_steps=self.args.gradient_accumulation_steps,
-                     data=_data_identity(self.train_dataset), plan=self.plan.identity() if self.plan else None)
+                     data=_data_identity(self.train_dataset),
+                     plan=self.plan.identity() if self.plan else None)
         (folder / DATA_STATE).write_text(json.dumps(state, indent=1))
 
     def _rotate(self, run_dir: Path) -> None:
