@@ -38,49 +38,20 @@ def _encode(argv: list[str]) -> int:
     return 0
 
 
-def _inspect(argv: list[str]) -> int:
-    from llt.data.inspect import inspect_main
-
-    return inspect_main(argv)
-
-
-def _verify(argv: list[str]) -> int:
-    from llt.data.inspect import verify_main
-
-    return verify_main(argv)
+# Each command's `main(argv)`, imported only when that command runs (start-up stays fast).
+MODULES = {"train": "llt.train.sft", "export": "llt.export", "generate": "llt.generate", "plot": "llt.plot",
+           "inspect": "llt.data.inspect:inspect_main", "verify": "llt.data.inspect:verify_main",
+           "quickstart": "llt.quickstart"}
 
 
-def _quickstart(argv: list[str]) -> int:
-    from llt.quickstart import main
+def _run_module(target: str, argv: list[str]) -> int:
+    import importlib
 
-    return main(argv)
-
-
-def _train(argv: list[str]) -> int:
-    from llt.train.sft import main
-
-    return main(argv)
+    module, _, func = target.partition(":")
+    return getattr(importlib.import_module(module), func or "main")(argv)
 
 
-def _export(argv: list[str]) -> int:
-    from llt.export import main
-
-    return main(argv)
-
-
-def _generate(argv: list[str]) -> int:
-    from llt.generate import main
-
-    return main(argv)
-
-
-def _plot(argv: list[str]) -> int:
-    from llt.plot import main
-
-    return main(argv)
-
-
-COMMANDS = {"train": _train, "export": _export, "generate": _generate, "plot": _plot, "encode": _encode, "inspect": _inspect, "verify": _verify, "quickstart": _quickstart}
+COMMANDS = {"encode": _encode, **{name: (lambda argv, t=t: _run_module(t, argv)) for name, t in MODULES.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
