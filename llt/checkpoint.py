@@ -43,8 +43,9 @@ def resolve_checkpoint(path: str | Path, best: bool = False) -> Path:
         raise CheckpointError(f"{p}: no such checkpoint, run folder or model folder")
     if (p / "trainer_state.json").is_file() or (p / "config.json").is_file() or (p / "adapter_config.json").is_file():
         return p
-    ckpts = sorted((c for c in p.glob("checkpoint-*") if c.name.split("-")[-1].isdigit()
-                    and (c / "trainer_state.json").is_file()), key=lambda c: int(c.name.split("-")[-1]))
+    from llt.runs import checkpoints
+
+    ckpts = checkpoints(p)
     if not ckpts:
         raise CheckpointError(f"{p}: holds no checkpoint-N folder and is not a model folder")
     if best:

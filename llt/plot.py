@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from llt.errors import LltError
+from llt.runs import checkpoints
 
 
 class PlotError(LltError, ValueError):
@@ -31,8 +32,7 @@ def read_history(path: str | Path) -> list[dict]:
         if f.is_file():
             data = json.loads(f.read_text())
             return data["log_history"] if isinstance(data, dict) else data
-    ckpts = sorted(p.glob("checkpoint-*/loss_history.json"), key=lambda f: int(f.parent.name.split("-")[-1])
-                   if f.parent.name.split("-")[-1].isdigit() else -1)
+    ckpts = [c / "loss_history.json" for c in checkpoints(p) if (c / "loss_history.json").is_file()]
     if ckpts:  # a run still going (or killed): its newest checkpoint's copy
         return json.loads(ckpts[-1].read_text())
     raise PlotError(f"{p}: no loss_history.json or trainer_state.json (not a run folder or checkpoint)")

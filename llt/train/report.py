@@ -90,7 +90,7 @@ def run_summary(state, run_dir: str | Path) -> dict:
         ckpt = Path(run_dir) / f"checkpoint-{best['step']}"
         out.update(best_eval_loss=best["eval_loss"], best_eval_step=best["step"],
                    best_checkpoint=str(ckpt) if ckpt.is_dir() else None)
-    out["checkpoints"] = sorted((p.name for p in Path(run_dir).glob("checkpoint-*")
-                                 if p.is_dir() and p.name.split("-")[-1].isdigit()),
-                                key=lambda n: int(n.split("-")[-1]))
+    from llt.runs import checkpoints
+
+    out["checkpoints"] = [p.name for p in checkpoints(run_dir)]
     return out

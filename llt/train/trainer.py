@@ -25,17 +25,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from llt.data.manifest import fsync_dir
 from llt.data.sampler import EpochBatchSampler
+from llt.runs import checkpoints
 from llt.train.config import ConfigError
 
 DATA_STATE = "llt_data_state.json"
 STAGING = ".partial"  # checkpoints are written here, then renamed into the run folder
-
-
-def _checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run folder, oldest first (staging folders excluded)."""
-    return sorted((p for p in Path(run_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-                   if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()),
-                  key=lambda p: int(p.name.split("-")[-1]))
 
 
 def newest_checkpoint(path: str | Path) -> Path:
@@ -46,7 +40,7 @@ def newest_checkpoint(path: str | Path) -> Path:
                           "interrupted); pass the run folder to take its newest complete one")
     if (path / "trainer_state.json").is_file():
         return path
-    ckpts = _checkpoints(path)
+    ckpts = checkpoints(path)
     if not ckpts:
         raise ConfigError(f"--load_ckpt_path {path}: not a checkpoint, and holds no checkpoint-N folder")
     return ckpts[-1]
@@ -211,7 +205,7 @@ class LltTrainer(Trainer):
         limit = self.args.save_total_limit
         if not limit or limit <= 0:
             return
-        ckpts = _checkpoints(run_dir)
+        ckpts = checkpoints(run_dir)
         best = self.state.best_model_checkpoint
         if best and Path(best) in ckpts[:-limit]:
             ckpts.remove(Path(best))  # the best by eval loss is kept beside the newest ones
