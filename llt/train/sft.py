@@ -28,6 +28,24 @@ def main(argv: list[str] | None = None) -> int:
     except LltError as e:
         print(f"llt train: error: {e}", file=sys.stderr)
         return 2
+    rc = _train(trainer, args)
+    _leave_process_group()
+    return rc
+
+
+def _leave_process_group() -> None:
+    """Every rank waits for the others, then the process group is torn down. A rank that
+    exits while another is still writing reports would otherwise take gloo's threads down
+    mid-use ("terminate called without an active exception", seen once in CI)."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def _train(trainer, args) -> int:
+    """Train, then say how it ended; 0 unless the DeepSpeed JSON contradicts the flags."""
     try:
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     except ValueError as e:
