@@ -142,10 +142,10 @@ def run_mode(mode: str, paths: dict, tiny: bool, steps: int, bs: int, ga: int, o
 
         from llt.data.collate import PaddedCollator
         from llt.data.dataset import ShardDataset
-        from llt.train.model import load_model, load_tokenizer
+        from llt.train.model import load_model, load_training_tokenizer
         model_args, data_args, _, args = parse_args(["--model_path", paths["model"], "--data_path",
                                                      paths["unpacked"], *common])
-        tok, _ = load_tokenizer(model_args)
+        tok, _ = load_training_tokenizer(model_args)
         collate = PaddedCollator(tok.pad_token_id)
 
         def plain(features):  # what a plain HF setup feeds the model

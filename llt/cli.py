@@ -26,10 +26,10 @@ USAGE = __doc__.split("\n\n", 1)[1]
 def _encode(argv: list[str]) -> int:
     from pathlib import Path
 
-    from llt.args import parse_dataclass
-    from llt.data.config import EncodeArgs
-    from llt.data.encode import run_encode
-    from llt.data.manifest import describe
+    from llt.flags import parse_dataclass
+    from llt.encode.config import EncodeArgs
+    from llt.encode.job import run_encode
+    from llt.encode.summary import describe
 
     args = parse_dataclass(EncodeArgs, argv, "llt encode",
                            "Tokenize user data into llt shards (format: docs/format.md).")
@@ -39,9 +39,9 @@ def _encode(argv: list[str]) -> int:
 
 
 # Each command's `main(argv)`, imported only when that command runs (start-up stays fast).
-MODULES = {"train": "llt.train.sft", "export": "llt.export", "generate": "llt.generate", "plot": "llt.plot",
-           "inspect": "llt.data.inspect:inspect_main", "verify": "llt.data.inspect:verify_main",
-           "quickstart": "llt.quickstart"}
+MODULES = {"inspect": "llt.shards.inspect:inspect_main", "verify": "llt.shards.verify:verify_main",
+           "train": "llt.train.sft", "export": "llt.runs.export", "generate": "llt.runs.generate",
+           "plot": "llt.runs.plot", "quickstart": "llt.quickstart"}
 
 
 def _run_module(target: str, argv: list[str]) -> int:

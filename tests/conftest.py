@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llt.data.config import EncodeArgs
-from llt.data.encode import run_encode
-from llt.data.format import ShardReader
-from llt.data.manifest import read_manifest
+from llt.encode.config import EncodeArgs
+from llt.encode.job import run_encode
+from llt.shards.reader import ShardReader
+from llt.shards.manifest import read_manifest
 from llt.toy import build_tokenizer, toy_records
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

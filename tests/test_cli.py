@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llt.data.format import ShardReader
+from llt.shards.reader import ShardReader
 
 
 def llt(*args, cwd=None):

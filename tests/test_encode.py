@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import encode, read_corpus
 
-from llt.data.packing import best_fit_decreasing
+from llt.encode.packing import best_fit_decreasing
 from llt.toy import toy_records, write_jsonl
 
 DOCS, QA = toy_records(300, seed=1)
@@ -247,7 +247,7 @@ def test_chat_starting_with_an_assistant_turn_masks_only_its_content(tmp_path, t
 
 
 def test_several_files_split_across_workers_cover_every_byte_once(tmp_path, tiny_tok, tiny_tok_dir):
-    from llt.data.sources import find_inputs, plan_parts
+    from llt.encode.sources import find_inputs, plan_parts
 
     files = [write_jsonl(tmp_path / "in" / f"{i}.jsonl", DOCS[i * 60:(i + 1) * 60]) for i in range(5)]
     for workers in (1, 2, 3, 7):
@@ -267,7 +267,7 @@ def test_several_files_split_across_workers_cover_every_byte_once(tmp_path, tiny
 
 def test_spawn_start_method_gives_the_same_shards(tmp_path, tiny_tok_dir, monkeypatch):
     """Where fork is unavailable (macOS, Windows) workers load the tokenizer themselves."""
-    import llt.data.encode as enc
+    import llt.encode.job as enc
 
     src = write_jsonl(tmp_path / "qa.jsonl", QA[:100])
     _, forked = encode(tmp_path, tiny_tok_dir, [src], encode_type="qa", corpus_name="fork", num_workers=2)

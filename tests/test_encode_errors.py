@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import encode, read_corpus, shared_asset
 
-from llt.data.config import EncodeArgs
+from llt.encode.config import EncodeArgs
 from llt.errors import LltError
 from llt.toy import write_jsonl
 
@@ -161,7 +161,7 @@ def test_kill_9_leaves_nothing_a_reader_trusts_and_the_same_command_finishes(tmp
     import psutil
 
     from llt.cli import main
-    from llt.data.manifest import find_corpora
+    from llt.shards.manifest import find_corpora
 
     loader = tmp_path / "loader.py"
     loader.write_text(

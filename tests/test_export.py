@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from llt.checkpoint import CheckpointError
+from llt.errors import CheckpointError
 from llt.cli import main as llt
-from llt.export import export
+from llt.runs.export import export
 from tests.conftest import encode, run_folder, train
 
 PROBE = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 1, 64, 128]])
@@ -114,7 +114,7 @@ def test_lora_checkpoint_with_added_tokens_merges_to_the_adapters_logits(tmp_pat
     assert not torch.allclose(_logits(_load(tiny_model_dir)), _logits(merged)[:, :, :-1], atol=1e-3)
     # In bf16 the merged model keeps RoPE's frequencies in fp32, as transformers loads them,
     # so it gives the logits the exported bf16 folder gives.
-    from llt.checkpoint import load_checkpoint
+    from llt.runs.load import load_checkpoint
     half = load_checkpoint(ckpt, "bf16")
     assert half.model.model.rotary_emb.inv_freq.dtype == torch.float32
     export(str(ckpt), tmp_path / "bf16", dtype="bf16")

@@ -142,8 +142,8 @@ def test_sigterm_saves_a_resumable_checkpoint_and_resuming_continues_exactly(tmp
 
 
 def test_an_interrupted_save_is_never_loaded(tmp_path, tiny_model_dir, toy_corpora):
-    from llt.train.config import ConfigError
-    from llt.train.trainer import newest_checkpoint
+    from llt.errors import CheckpointError
+    from llt.runs.folder import newest_checkpoint
 
     run = tmp_path / "run"
     subprocess.run(_cmd(tiny_model_dir, toy_corpora["qa"], run, "--max_steps", "2", "--save_steps", "1",
@@ -153,7 +153,7 @@ def test_an_interrupted_save_is_never_loaded(tmp_path, tiny_model_dir, toy_corpo
     staged.mkdir(parents=True)
     (staged / "model.safetensors").write_bytes(b"half")
     assert newest_checkpoint(run) == run / "checkpoint-2"
-    with pytest.raises(ConfigError, match="unfinished checkpoint"):
+    with pytest.raises(CheckpointError, match="unfinished checkpoint"):
         newest_checkpoint(staged)
 
 

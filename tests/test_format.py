@@ -8,8 +8,9 @@ import struct
 import numpy as np
 import pytest
 
-from llt.data.format import (MAGIC, SampleBatch, ShardFormatError, ShardReader, ShardWriter,
-                             choose_dtype)
+from llt.shards.format import MAGIC, ShardFormatError, choose_dtype
+from llt.shards.reader import ShardReader
+from llt.shards.writer import SampleBatch, ShardWriter
 
 
 def random_batch(rng, n, vocab, with_mask=True) -> tuple[SampleBatch, list]:

@@ -8,7 +8,7 @@ import numpy as np
 from conftest import encode
 
 from llt.cli import main
-from llt.data.format import file_xxh3
+from llt.shards.format import file_xxh3
 from llt.toy import toy_records, write_jsonl
 
 _, QA = toy_records(50, seed=3)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from llt.data.dataset import DataError, ShardDataset
-from llt.data.mixture import EpochPlan, parse_corpora, split_eval
+from llt.data.corpora import EpochPlan, parse_corpora
+from llt.data.heldout import split_eval
 from tests.conftest import logged_losses, run_folder, train
 
 
@@ -32,7 +33,7 @@ def test_bad_data_path_entries_are_named(entries, message):
 
 
 def test_yaml_mapping_form_gives_the_same_corpora(tmp_path, tiny_model_dir, toy_corpora):
-    from llt.train.data import build_data
+    from llt.data.run_data import build_data
     from llt.train.parse import parse_args
 
     assert parse_corpora({"math": "out/m:0.3", "chat": {"path": "out/c", "weight": 0.7}}) == \
@@ -43,7 +44,7 @@ def test_yaml_mapping_form_gives_the_same_corpora(tmp_path, tiny_model_dir, toy_
                       "eval_split: 4\nuse_cpu: true\ndeepspeed_config_path: none\nreport_to: none\n")
     _, data_args, _, args = parse_args([str(recipe), "--model_path", str(tiny_model_dir),
                                         "--output_path", str(tmp_path / "runs")])
-    data = build_data(data_args, args)
+    data = build_data(data_args, seed=args.seed)
     assert data.names == ["prose", "answers"] and data.plan.weights == [0.25, 0.75]
     assert len(data.eval_set) == 4
 
@@ -133,7 +134,7 @@ def manual_eval(ckpt, toy_corpora, split=0.1) -> np.ndarray:
     from transformers import AutoModelForCausalLM
 
     from llt.data.collate import PaddingFreeCollator
-    from llt.data.mixture import build_eval_set
+    from llt.data.heldout import build_eval_set
 
     ds = ShardDataset([toy_corpora["text"], toy_corpora["qa"]], names=["text", "qa"])
     eval_set = build_eval_set(ds, split_eval(ds, split)[1])
@@ -187,7 +188,7 @@ def test_run_folder_records_config_environment_data_best_checkpoint(mixed_run, t
 
 
 def test_export_best_takes_the_best_checkpoint_by_eval_loss(mixed_run, tmp_path):
-    from llt.export import export
+    from llt.runs.export import export
 
     summary = json.loads((mixed_run / "run_summary.json").read_text())
     info = export(str(mixed_run), tmp_path / "best", best=True)

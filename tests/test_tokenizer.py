@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from conftest import shared_asset
 
-from llt.args import parse_dataclass
-from llt.data.config import EncodeArgs
-from llt.data.tokenizer import RawTokenizer, TokenizerInfo, load_tokenizer
+from llt.flags import parse_dataclass
+from llt.encode.config import EncodeArgs
+from llt.encode.tokenizer_info import TokenizerInfo
+from llt.tokenizer_loader import RawTokenizer, load_tokenizer
 
 
 def facts(tok, path):

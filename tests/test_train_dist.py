@@ -171,3 +171,41 @@ def test_two_process_mixed_run_evaluates_each_held_out_sample_once(tmp_path, tin
     assert ev["eval_loss/qa"] == pytest.approx(sums[1, 0] / sums[1, 1], rel=1e-5)
     last = [e for e in history if "loss" in e][-1]
     assert last["tokens_seen/text"] + last["tokens_seen/qa"] == last["tokens_seen"]
+
+
+def test_damaged_shards_are_verified_once_per_node_and_stop_every_rank(tmp_path, tiny_model_dir, tiny_tok_dir,
+                                                                        monkeypatch):
+    """Local rank 0 reads and hashes the corpus while the other ranks wait; all of them then
+    stop with the same one-line error (none hangs in a collective, none trains)."""
+    from types import SimpleNamespace
+
+    import llt.shards.verify
+    from llt.errors import DataError
+    from llt.toy import toy_records, write_jsonl
+    from llt.train.checks import verify_on_local_main
+    from tests.conftest import encode
+
+    _, corpus = encode(tmp_path, tiny_tok_dir, [write_jsonl(tmp_path / "t.jsonl", toy_records(50)[0])],
+                       encode_type="pretrain", max_length=64)
+    data = bytearray((corpus / "c_0.bin").read_bytes())
+    data[10] ^= 0x01
+    (corpus / "c_0.bin").write_bytes(bytes(data))
+
+    calls = []
+    real = llt.shards.verify.verify_corpora
+    monkeypatch.setattr(llt.shards.verify, "verify_corpora", lambda paths: calls.append(paths) or real(paths))
+    verify_on_local_main([str(corpus)], SimpleNamespace(local_process_index=1))  # not rank 0: no reading
+    assert calls == []
+    with pytest.raises(DataError, match="c_0.bin: checksum mismatch"):
+        verify_on_local_main([str(corpus)], SimpleNamespace(local_process_index=0))
+    assert calls == [[str(corpus)]]
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--main_process_port", "29531", str(ROOT / "recipes" / "sft.py"),
+         *_flags(tiny_model_dir, corpus, tmp_path / "out", "--max_steps", "1", "--deepspeed_config_path", "none")],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.count("llt train: error: --data_path: the shards failed verification") == 2, proc.stderr[-3000:]
+    assert not list((tmp_path / "out").glob("*/checkpoint-*"))

@@ -1,14 +1,8 @@
-"""Encoding user data into token shards, and reading them back.
+"""Stage 3, shards -> training batches.
 
-Modules, in the order data flows through them: `sources` (records from files or a
-`data_loader.py`), `tokenizer` (loading, fingerprint), `samples` (records -> token
-samples with loss spans and document starts), `packing` (`--merge_data`), `format` (the
-one shard writer and reader), `manifest` (`summary.json`), `encode` (the `llt encode`
-job), `inspect` (`llt inspect` / `llt verify`).
+`dataset` (`ShardDataset`: samples with labels from the stored loss spans), `corpora`
+(named, weighted corpora and each epoch's mix), `heldout` (the held-out split and the eval
+set), `sampler` (the deterministic, rank-sharded, resumable order), `collate`
+(padding-free and padded batches, and the per-batch counts they carry) and `run_data`
+(all of it assembled from the run's data flags).
 """
-
-from llt.data.format import SampleBatch, ShardFormatError, ShardReader, ShardWriter
-from llt.data.manifest import find_corpora, read_manifest
-
-__all__ = ["SampleBatch", "ShardFormatError", "ShardReader", "ShardWriter", "find_corpora",
-           "read_manifest"]

@@ -10,10 +10,16 @@ with a cache built, transformers ignores the positions and the documents see eac
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from llt.data.dataset import IGNORE_INDEX, DataError
+from llt.data.dataset import IGNORE_INDEX
+from llt.errors import DataError
+
+# What the collators add to a batch beside the model's inputs (see `BatchExtras`).
+EXTRA_KEYS = ("llt_counts", "llt_corpus_counts", "llt_groups")
 
 
 def document_positions(length: int, starts: np.ndarray) -> np.ndarray:
@@ -74,8 +80,8 @@ class PaddingFreeCollator:
     costs the square of the row length, so one row of B*L tokens would cost B times more.
 
     Each batch also carries `llt_counts` (see `batch_counts`) and, with `n_groups` > 1
-    corpora, `llt_groups` and `llt_corpus_counts` (see `corpus_counts`); `LltTrainer`
-    removes them before the model sees the batch.
+    corpora, `llt_groups` and `llt_corpus_counts` (see `corpus_counts`); `BatchExtras.pop`
+    takes them off before the model sees the batch.
 
     Examples:
         >>> feats = [{"input_ids": np.array([5, 6, 7]), "labels": np.array([-100, 6, 7]),
@@ -164,7 +170,7 @@ class PaddedCollator:
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         if any(len(f["doc_starts"]) > 1 for f in features):
             raise DataError("a sample packs several documents, which a padded batch would let "
-                            "attend to each other; train packed data with --padding_free True")
+                            "attend to each other; train packed data with --padding free")
         longest = max(len(f["input_ids"]) for f in features)
         width = max(self.pad_to or 0, longest)
         if self.pad_to_multiple_of:
@@ -183,3 +189,49 @@ class PaddedCollator:
         _add_groups(batch, features, [(r, 0, len(f["input_ids"])) for r, f in enumerate(features)],
                     self.n_groups)
         return batch
+
+
+@dataclass
+class BatchExtras:
+    """What a collator sends beside the model's inputs, taken off the batch in one place
+    (training and evaluation both call `pop`):
+
+    * `counts`: [trained tokens, input tokens, attention pairs] for the throughput meter;
+    * `corpus_counts`: [corpora, 2] input and trained tokens per corpus (several corpora);
+    * `groups`: each position's corpus, which llt's chunked loss turns into per-corpus
+      loss sums; it goes back into the batch only when the model's loss takes it.
+    """
+
+    counts: torch.Tensor | None = None
+    corpus_counts: torch.Tensor | None = None
+    groups: torch.Tensor | None = None
+
+    @classmethod
+    def pop(cls, batch: dict, model_takes_groups: bool) -> "BatchExtras":
+        extras = cls(batch.pop("llt_counts", None), batch.pop("llt_corpus_counts", None),
+                     batch.pop("llt_groups", None))
+        if extras.groups is not None and model_takes_groups:
+            batch["llt_groups"] = extras.groups
+        return extras
+
+
+def make_collator(padding: str, dataset, pad_token_id: int, varlen: bool, attn: str,
+                  pad_to_multiple_of: int | None = None, n_groups: int = 1):
+    """The collator for `--padding` and the model's attention: `varlen` when the attention
+    takes document boundaries as cu_seq_lens (flash-attention, llt's per-document SDPA),
+    whose cost is per document: one flat row, no padding. Masked sdpa/eager cost the square
+    of the row: one row per sample."""
+    if padding == "free":
+        return PaddingFreeCollator(flat=varlen, flash_kwargs=varlen, pad_token_id=pad_token_id,
+                                   pad_to_multiple_of=pad_to_multiple_of, n_groups=n_groups)
+    if dataset.packed:
+        raise DataError(f"--padding {padding}: the shards under --data_path pack several "
+                        "documents per sample, which a padded row would let attend to each other; "
+                        "use --padding free")
+    pad_to = None
+    if padding == "max_length":
+        pad_to = max(h.get("max_length") or 0 for h in dataset.headers) or None
+    if varlen:
+        raise DataError(f"--padding {padding} needs an attention mask, which {attn} does not take; "
+                        "use --padding free, or --attn_implementation sdpa")
+    return PaddedCollator(pad_token_id, pad_to_multiple_of, pad_to, n_groups)

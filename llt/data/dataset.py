@@ -13,42 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llt.data.format import ShardReader
-from llt.data.manifest import MANIFEST
-from llt.errors import LltError
+from llt.shards.reader import ShardReader
+from llt.errors import DataError
+from llt.shards.manifest import find_shards
 
 IGNORE_INDEX = -100  # the label transformers' losses skip
-
-
-class DataError(LltError, ValueError):
-    """Training data that cannot be used; the message names the path."""
-
-
-def find_shards(data_path: str | Path | list) -> list[Path]:
-    """Every shard index under `data_path` (a corpus, a folder of corpora, one `.idx`,
-    or a list of these), sorted by path so the sample order is the same on every rank.
-
-    Shards of an unfinished encode (a corpus folder with `.llt-partial/` and no
-    `summary.json`) are refused: they may be missing samples.
-    """
-    paths = data_path if isinstance(data_path, (list, tuple)) else [data_path]
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_file() and p.suffix in (".idx", ".bin"):
-            found.append(p.with_suffix(".idx"))
-            continue
-        if not p.is_dir():
-            raise DataError(f"--data_path {p}: no such file or folder")
-        hits = sorted(q for q in p.rglob("*.idx") if ".llt-partial" not in q.parts)
-        if not hits:
-            raise DataError(f"--data_path {p}: no .idx/.bin shards under it; "
-                            "make them with `llt encode`")
-        for q in hits:
-            if (q.parent / ".llt-partial").exists() and not (q.parent / MANIFEST).exists():
-                raise DataError(f"--data_path: {q.parent} is an unfinished encode (no {MANIFEST}); "
-                                "re-run the `llt encode` command that made it")
-        found += hits
-    return sorted(set(found))
 
 
 class ShardDataset(torch.utils.data.Dataset):
@@ -76,7 +45,7 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def __init__(self, data_path: str | Path | list, names: list[str] | None = None):
         corpora = list(data_path) if isinstance(data_path, (list, tuple)) else [data_path]
-        self.names = list(names) if names else [_corpus_name(p) for p in corpora]
+        self.names = list(names) if names else [corpus_name(p) for p in corpora]
         if len(self.names) != len(corpora):
             raise ValueError("one name per corpus")
         self.paths: list[Path] = []
@@ -141,9 +110,6 @@ class ShardDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def locate(self, i: int) -> tuple[ShardReader, int]:
-        return self._locate(i)[1:]
-
     def _locate(self, i: int) -> tuple[int, ShardReader, int]:
         s = bisect.bisect_right(self.offsets, i) - 1
         return s, self.readers[s], i - int(self.offsets[s])
@@ -168,7 +134,7 @@ class ShardDataset(torch.utils.data.Dataset):
                 "corpus": int(self.shard_corpus[s]), "filler": filler}
 
 
-def _corpus_name(path) -> str:
+def corpus_name(path) -> str:
     """A corpus's default name: its folder's (or shard's) name."""
     p = Path(path)
     return p.stem if p.suffix in (".idx", ".bin") else (p.name or str(p))

@@ -1,4 +1,11 @@
-"""Training on llt shards: `config` (the four argument dataclasses), `parse` (YAML +
-flags), `model` (loading, added tokens, LoRA), `collators`, `checks`, `trainer`
-(`LltTrainer`), `callbacks` (throughput, loss report, save schedule), `sft` (the
-recipe body behind `recipes/sft.py` and `llt train`)."""
+"""Stage 4, `llt train`: the training run on the batches of `llt.data`.
+
+`config` (the four argument dataclasses), `parse` (YAML recipe + flags), `model`
+(tokenizer and model loading, added tokens), `lora`, `attention` (per-document SDPA on
+CPU), `loss` (the chunked loss on trained positions), `checks` (start-up verification),
+`trainer` (`LltTrainer`), `hf_hooks` (its only private-hook overrides), `resume` (exact
+resume as plain functions), `checkpointing` (atomic saves, rotation), `evaluate` (the
+held-out loss), `callbacks` (throughput, mix, loss report, save schedule, preemption),
+`report` (the run folder's records) and `sft` (the recipe body behind `recipes/sft.py`
+and `llt train`).
+"""

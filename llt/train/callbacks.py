@@ -1,7 +1,8 @@
-"""Trainer callbacks: throughput and MFU, loss history and plot, save schedule.
+"""Trainer callbacks: throughput and MFU, per-corpus mix, loss report, save schedule,
+preemption.
 
 Cross-cutting behaviour lives here rather than in `LltTrainer`, which only feeds the
-throughput meter the batches it trains on.
+throughput and mix meters the batches it trains on.
 """
 
 from __future__ import annotations
@@ -153,47 +154,18 @@ class CorpusMixCallback(TrainerCallback):
             state.log_history[-1].update(figures)
 
 
-def loss_history(state) -> list[dict]:
-    return [e for e in state.log_history if "loss" in e or "eval_loss" in e]
-
-
-def write_loss_report(folder: str | Path, state) -> None:
-    """`loss_history.json` and `loss.png` (loss against optimizer step) in `folder`."""
-    folder = Path(folder)
-    history = loss_history(state)
-    (folder / "loss_history.json").write_text(json.dumps(history, indent=1))
-    points = [(e["step"], e["loss"]) for e in history if "loss" in e]
-    if not points:
-        return
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(*zip(*points), label="train loss")
-    evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "loss.png")
-    plt.close(fig)
-
-
 class LossReportCallback(TrainerCallback):
     """Writes the loss history, its plot and `run_summary.json` into the run folder at the
     end (each checkpoint gets its own history and plot as it is written, see
-    `LltTrainer._save_checkpoint`)."""
+    `llt.train.hf_hooks`)."""
 
     def on_train_end(self, args, state, control, **kw):
         if state.is_world_process_zero:
+            from llt.runs.history import write_loss_report
             from llt.train.report import run_summary
 
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-            write_loss_report(args.output_dir, state)
+            write_loss_report(args.output_dir, state.log_history)
             (Path(args.output_dir) / "run_summary.json").write_text(
                 json.dumps(run_summary(state, args.output_dir), indent=1))
 
@@ -225,7 +197,8 @@ class PreemptionCallback(TrainerCallback):
     the current optimizer step, save a resumable checkpoint and stop.
 
     The signal may reach one rank only; the flag is all-reduced at every step end so that
-    all ranks stop at the same step and take part in the same save.
+    all ranks stop at the same step and take part in the same save. `stopped_at` is what
+    the trainer reads to make that save resumable (`LltTrainer.force_resumable`).
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -251,7 +224,6 @@ class PreemptionCallback(TrainerCallback):
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
             flag = t.item()
         if flag:
-            args.save_only_model = False  # this checkpoint must be resumable
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step

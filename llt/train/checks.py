@@ -1,38 +1,38 @@
-"""Start-up checks: the data must fit the model before the first step, not an hour in."""
+"""Start-up checks: the data must be intact and fit the model before the first step, not an
+hour in."""
 
 from __future__ import annotations
 
-from llt.data.tokenizer import vocab_fingerprint
-from llt.train.config import ConfigError
+from llt.errors import ConfigError, DataError
+from llt.shards.fingerprint import vocab_fingerprint
+from llt.train.model import embedding_rows
 
 
-def verify_data(data_paths: list[str]) -> None:
-    """`llt verify` on every --data_path before training: a truncated or changed file (size
-    or xxh3 checksum against summary.json), a damaged header, or an id outside the
-    vocabulary stops the run now rather than hours in."""
-    from llt.data.dataset import find_shards
-    from llt.data.inspect import verify_path
-    from llt.data.manifest import MANIFEST
+def verify_on_local_main(data_paths: list[str], args) -> None:
+    """`llt verify` on every shard under `data_paths`, once per machine: local rank 0
+    reads and hashes the files while the node's other ranks wait (8 ranks would otherwise
+    read the corpus 8 times); every rank then raises the same error if a check failed.
 
-    shards = find_shards(data_paths)
-    corpora = sorted({s.parent for s in shards if (s.parent / MANIFEST).is_file()})
-    lone = [s for s in shards if s.parent not in corpora]  # no manifest: no checksums to compare
-    problems = [p for target in corpora + lone for p in verify_path(target)]
+    A truncated or changed file (size or xxh3 checksum against summary.json), a damaged
+    header, or an id outside the vocabulary stops the run now rather than hours in."""
+    import torch.distributed as dist
+
+    from llt.shards.verify import verify_corpora
+
+    problems = verify_corpora(data_paths) if args.local_process_index == 0 else []
+    if dist.is_available() and dist.is_initialized():
+        # A collective: it is also where the other ranks wait for the verification.
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, problems)
+        problems = sorted({p for ps in gathered for p in ps})
     if problems:
         shown = "\n  - ".join(problems[:10])
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise ConfigError(f"--data_path: the shards failed verification (see `llt verify`; "
-                          f"--verify_data false skips this):\n  - {shown}{more}")
+        raise DataError(f"--data_path: the shards failed verification (see `llt verify`; "
+                        f"--verify_data false skips this):\n  - {shown}{more}")
 
 
-def embedding_rows(model) -> int:
-    """Rows of the input embedding; read from the module, since under ZeRO-3 the weight
-    is partitioned and its local shape is empty."""
-    emb = model.get_input_embeddings()
-    return int(getattr(emb, "num_embeddings", None) or emb.weight.shape[0])
-
-
-def check_data_fits(dataset, tokenizer, model, data_args, new_ids) -> None:
+def check_data_fits(dataset, tokenizer, model, new_ids) -> None:
     """Shards from the model's tokenizer, ids inside its embedding table."""
     rows = embedding_rows(model)
     if dataset.vocab_size > rows:

@@ -18,14 +18,10 @@ from typing import Literal
 
 from transformers import TrainingArguments
 
-from llt.errors import LltError
+from llt.errors import ConfigError
+from llt.resources import shipped, user_or_shipped
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = PROJECT_ROOT / "configs"
-
-
-class ConfigError(LltError, ValueError):
-    """A flag or recipe value that cannot work; the message names the flag."""
+__all__ = ["ConfigError", "DataArguments", "LltTrainingArguments", "LoraArguments", "ModelArguments"]
 
 
 @dataclass
@@ -75,8 +71,9 @@ class DataArguments:
 @dataclass
 class LoraArguments:
     use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of all weights"})
-    lora_config_path: str = field(default=str(CONFIGS / "lora.json"), metadata={
-        "help": "JSON of peft.LoraConfig fields (r, lora_alpha, lora_dropout, target_modules, ...)"})
+    lora_config_path: str = field(default="configs/lora.json", metadata={
+        "help": "JSON of peft.LoraConfig fields (r, lora_alpha, lora_dropout, target_modules, ...); "
+                "a path, or a file shipped with llt by its repository path (configs/lora.json)"})
 
 
 @dataclass
@@ -178,25 +175,17 @@ def resolve_deepspeed(value: str | None) -> str | None:
             import deepspeed  # noqa: F401
         except ImportError:
             return None
-        return str(CONFIGS / "deepspeed" / "zero2.json")
+        return str(shipped("configs/deepspeed/zero2.json"))
     if isinstance(value, dict):
         return value
-    path = project_path(value)
-    if not path.is_file() and (CONFIGS / "deepspeed" / value).is_file():
-        path = CONFIGS / "deepspeed" / value
+    shipped_dir = shipped("configs/deepspeed")
+    path = user_or_shipped(value)
+    if not path.is_file() and (shipped_dir / value).is_file():
+        path = shipped_dir / value
     if not path.is_file():
         raise ConfigError(f"--deepspeed_config_path {value}: no such file (shipped: "
-                          f"{', '.join(sorted(p.name for p in (CONFIGS / 'deepspeed').glob('*.json')))})")
+                          f"{', '.join(sorted(p.name for p in shipped_dir.glob('*.json')))})")
     return str(path)
-
-
-def project_path(value: str) -> Path:
-    """`value` as given when it exists, else relative to the llt checkout, so recipes can
-    name `configs/...` and still work when launched from another folder."""
-    path = Path(value)
-    if not path.exists() and not path.is_absolute() and (PROJECT_ROOT / path).exists():
-        return PROJECT_ROOT / path
-    return path
 
 
 def _bf16_supported(args) -> bool:

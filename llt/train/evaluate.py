@@ -10,8 +10,8 @@ runs a filler whose labels are all -100), as ZeRO-3's gathered forward needs.
 from __future__ import annotations
 
 import torch
-from accelerate.data_loader import DataLoaderShard
 
+from llt.data.collate import BatchExtras
 from llt.data.dataset import IGNORE_INDEX
 from llt.data.sampler import EpochBatchSampler
 
@@ -22,20 +22,14 @@ def held_out_loss(trainer, model, eval_set, prefix: str = "eval") -> dict:
     args = trainer.args
     sampler = EpochBatchSampler(len(eval_set), args.per_device_eval_batch_size, world_size=args.world_size,
                                 rank=args.process_index, shuffle=False)
-    loader = DataLoaderShard(eval_set, device=args.device if trainer.accelerator.device_placement else None,
-                             batch_sampler=sampler, collate_fn=trainer.data_collator,
-                             num_workers=args.dataloader_num_workers, pin_memory=args.dataloader_pin_memory)
+    loader = trainer.loader(eval_set, sampler)
     names = eval_set.names
     sums = torch.zeros(len(names) + 1, 2, dtype=torch.float64, device=args.device)  # [loss, tokens]; last: all
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for batch in loader:
-            batch.pop("llt_counts", None)
-            corpus_counts = batch.pop("llt_corpus_counts", None)
-            groups = batch.pop("llt_groups", None)
-            if groups is not None and trainer.group_loss:
-                batch["llt_groups"] = groups
+            corpus_counts = BatchExtras.pop(batch, model_takes_groups=trainer.group_loss).corpus_counts
             trained = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
             with trainer.compute_loss_context_manager():
                 out = model(**batch)

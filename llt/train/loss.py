@@ -54,12 +54,6 @@ def chunked_token_losses(lm_head, hidden: torch.Tensor, targets: torch.Tensor, v
                       for lo in range(0, hidden.shape[0], rows)])
 
 
-def chunked_lm_loss(lm_head, hidden: torch.Tensor, targets: torch.Tensor, vocab_size: int,
-                    chunk_rows: int | None = None) -> torch.Tensor:
-    """Sum of cross-entropy of `lm_head(hidden)` against `targets` ([N, H], [N])."""
-    return chunked_token_losses(lm_head, hidden, targets, vocab_size, chunk_rows).sum()
-
-
 def supports_chunked_loss(model) -> str | None:
     """None when `model` has the standard decoder + lm_head layout, else the reason not."""
     if not hasattr(model, "model") or model.get_output_embeddings() is None:

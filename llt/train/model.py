@@ -1,13 +1,14 @@
-"""Tokenizer and model loading: attention implementation, dtype, added tokens, LoRA."""
+"""Tokenizer and model loading for training: attention implementation, dtype, added tokens,
+and the model figures the MFU estimate needs (LoRA is `llt.train.lora`)."""
 
 from __future__ import annotations
 
-import json
 import logging
 
 import torch
 
-from llt.train.config import ConfigError, project_path, split_tokens
+from llt.errors import ConfigError
+from llt.train.config import split_tokens
 
 log = logging.getLogger("llt")
 
@@ -30,7 +31,7 @@ def pick_attn_implementation(requested: str, use_cpu: bool = False, padded: bool
     return "sdpa" if padded else attention.NAME  # padded batches need a mask-taking kernel
 
 
-def load_tokenizer(model_args):
+def load_training_tokenizer(model_args):
     """The tokenizer, with `--add_tokens` added as special tokens; returns (tok, new_ids)."""
     from transformers import AutoTokenizer
 
@@ -75,13 +76,18 @@ def load_model(model_args, train_args, tok, new_token_ids: list[int], padded: bo
     return model
 
 
+def embedding_rows(model) -> int:
+    """Rows of the input embedding; read from the module, since under ZeRO-3 the weight
+    is partitioned and its local shape is empty."""
+    emb = model.get_input_embeddings()
+    return int(getattr(emb, "num_embeddings", None) or emb.weight.shape[0])
+
+
 @torch.no_grad()
 def add_token_rows(model, new_ids: list[int], old_vocab: int) -> None:
     """Grow the embeddings to hold `new_ids` and set each new row to the mean of the
     `old_vocab` existing rows: a new token then starts as an 'average' token, which keeps
     the model's outputs close to what they were (zero or random rows do not)."""
-    from llt.train.checks import embedding_rows
-
     need = max(new_ids) + 1
     if need > embedding_rows(model):
         model.resize_token_embeddings(need, mean_resizing=False)
@@ -102,57 +108,6 @@ def _gathered(params):
         import deepspeed
         return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
     return contextlib.nullcontext()
-
-
-def _module_names(model) -> set[str]:
-    return {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-
-
-def apply_lora(model, lora_args, new_token_ids: list[int]):
-    """Wrap `model` in a PEFT LoRA adapter from `--lora_config_path`; rows of added
-    tokens are trained too (PEFT's trainable_token_indices), in the input embedding and,
-    when it is not tied to it, the output head."""
-    from peft import LoraConfig, get_peft_model
-
-    path = project_path(lora_args.lora_config_path)
-    try:
-        cfg = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"--lora_config_path {path}: no such file") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--lora_config_path {path}: not valid JSON ({e})") from None
-    cfg.setdefault("task_type", "CAUSAL_LM")
-    targets = cfg.get("target_modules") or []
-    if isinstance(targets, list):
-        have = _module_names(model)
-        missing = [t for t in targets if t not in have]
-        if missing:
-            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                             if isinstance(m, torch.nn.Linear)})
-            raise ConfigError(f"--lora_config_path {path}: target_modules {missing} are not in "
-                              f"{type(model).__name__}; its linear layers are {linear}")
-    if new_token_ids:
-        emb_name = _name_of(model, model.get_input_embeddings())
-        indices = {emb_name: list(new_token_ids)}
-        out = model.get_output_embeddings()
-        if out is not None and out.weight is not model.get_input_embeddings().weight:
-            indices[_name_of(model, out)] = list(new_token_ids)
-        cfg["trainable_token_indices"] = indices
-    try:
-        config = LoraConfig(**cfg)
-    except TypeError as e:
-        raise ConfigError(f"--lora_config_path {path}: {e}") from None
-    model = get_peft_model(model, config)
-    if getattr(model, "print_trainable_parameters", None):
-        model.print_trainable_parameters()
-    return model
-
-
-def _name_of(model, module) -> str:
-    for name, m in model.named_modules():
-        if m is module:
-            return name.rsplit(".", 1)[-1]
-    raise ConfigError("cannot find the embedding module by name")
 
 
 def flops_per_token_info(model) -> dict:

@@ -4,7 +4,9 @@
 
 The YAML file gives defaults (any field of the four dataclasses, by its name or a seed
 alias such as `max_epochs`); flags on the command line override it. An unknown key in
-the file or an unknown flag is an error, never silently ignored.
+the file or an unknown flag is an error, never silently ignored. Defaults that depend on
+other flags (evaluation when there is held-out data) are settled here, before the
+dataclasses are built, so nothing rewrites the arguments afterwards.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-from llt.train.config import (ConfigError, DataArguments, LltTrainingArguments, LoraArguments,
-                              ModelArguments)
+from llt.errors import ConfigError
+from llt.train.config import DataArguments, LltTrainingArguments, LoraArguments, ModelArguments
 
 DATACLASSES = (ModelArguments, DataArguments, LoraArguments, LltTrainingArguments)
 
@@ -70,12 +72,38 @@ def parse_args(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     config, rest = _split_config(argv)
-    if config:
-        parser.set_defaults(**read_recipe(config, parser))
+    recipe = read_recipe(config, parser) if config else {}
+    parser.set_defaults(**recipe)
+    parser.set_defaults(**eval_defaults(recipe, rest))
     model_args, data_args, lora_args, train_args = parser.parse_args_into_dataclasses(args=rest)
+    _check_eval(data_args, train_args)
     if not model_args.model_path:
         raise ConfigError("--model_path is required (a HF model folder)")
     if not data_args.data_path:
         raise ConfigError("--data_path is required (corpus folders from `llt encode`)")
     train_args.llt_config_file = config
     return model_args, data_args, lora_args, train_args
+
+
+def eval_defaults(recipe: dict, argv: list[str]) -> dict:
+    """With held-out data (`--eval_split` or `--eval_data_path`), evaluate every
+    `--eval_steps` (HF's default for it: `--logging_steps`) and record the best checkpoint
+    by eval loss, unless the recipe or the flags say otherwise."""
+    known = HfArgumentParser(DataArguments, allow_abbrev=False)
+    known.set_defaults(**{k: v for k, v in recipe.items() if hasattr(DataArguments, k)})
+    data_args, _ = known.parse_known_args(argv)
+    if not (data_args.eval_split and data_args.eval_split > 0) and not data_args.eval_data_path:
+        return {}
+    given = set(recipe) | {a.split("=", 1)[0][2:] for a in argv if a.startswith("--")}
+    # HF derives greater_is_better from the metric's name (False for a loss).
+    defaults = {"eval_strategy": "steps", "metric_for_best_model": "loss"}
+    return {k: v for k, v in defaults.items() if k not in given}
+
+
+def _check_eval(data_args, train_args) -> None:
+    from transformers.trainer_utils import IntervalStrategy
+
+    if train_args.eval_strategy != IntervalStrategy.NO and not (
+            data_args.eval_split > 0 or data_args.eval_data_path):
+        raise ConfigError(f"--eval_strategy {train_args.eval_strategy.value}: no held-out data; "
+                          "give --eval_data_path or --eval_split")

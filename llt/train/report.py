@@ -16,6 +16,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from llt.runs.folder import best_checkpoint, checkpoints
+
 PACKAGES = ("llt", "torch", "transformers", "accelerate", "deepspeed", "peft", "datasets", "numpy",
             "tokenizers", "safetensors", "flash-attn", "liger-kernel", "tensorboard")
 
@@ -51,7 +53,9 @@ def environment(args) -> dict:
 
 def _git_commit() -> str | None:
     """The llt checkout's commit (and whether it had local changes), when run from one."""
-    root = Path(__file__).resolve().parents[2]
+    import llt
+
+    root = Path(llt.__file__).resolve().parent.parent  # a source checkout; a wheel has no .git
     if not (root / ".git").exists():
         return None
     try:
@@ -85,12 +89,12 @@ def run_summary(state, run_dir: str | Path) -> dict:
            "tokens_seen": train[-1].get("tokens_seen") if train else None,
            "trained_tokens_seen": train[-1].get("trained_tokens_seen") if train else None,
            "final_eval_loss": evals[-1]["eval_loss"] if evals else None}
-    if evals:
-        best = min(evals, key=lambda e: e["eval_loss"])
-        ckpt = Path(run_dir) / f"checkpoint-{best['step']}"
-        out.update(best_eval_loss=best["eval_loss"], best_eval_step=best["step"],
-                   best_checkpoint=str(ckpt) if ckpt.is_dir() else None)
-    from llt.runs import checkpoints
-
+    if evals and state.best_global_step:
+        # The best as training recorded it (by --metric_for_best_model), the same one
+        # `llt export --best` takes.
+        at_best = next((e for e in evals if e["step"] == state.best_global_step), {})
+        best = best_checkpoint(run_dir)
+        out.update(best_metric=state.best_metric, best_eval_loss=at_best.get("eval_loss"),
+                   best_eval_step=state.best_global_step, best_checkpoint=str(best) if best else None)
     out["checkpoints"] = [p.name for p in checkpoints(run_dir)]
     return out

@@ -15,28 +15,29 @@ from dataclasses import asdict
 from pathlib import Path
 
 from llt.errors import LltError
-from llt.train.config import ConfigError
-
+from llt.runs.folder import CONFIG
 
 
 def main(argv: list[str] | None = None) -> int:
     from llt.train.parse import parse_args
 
     try:
-        model_args, data_args, lora_args, args = parse_args(argv)
-        trainer = build(model_args, data_args, lora_args, args)
-    except LltError as e:
-        print(f"llt train: error: {e}", file=sys.stderr)
-        return 2
-    rc = _train(trainer, args)
-    _leave_process_group()
-    return rc
+        try:
+            model_args, data_args, lora_args, args = parse_args(argv)
+            trainer = build(model_args, data_args, lora_args, args)
+        except LltError as e:
+            print(f"llt train: error: {e}", file=sys.stderr)
+            return 2
+        return _train(trainer, args)
+    finally:
+        _leave_process_group()
 
 
 def _leave_process_group() -> None:
-    """Every rank waits for the others, then the process group is torn down. A rank that
-    exits while another is still writing reports would otherwise take gloo's threads down
-    mid-use ("terminate called without an active exception", seen once in CI)."""
+    """Every rank waits for the others, then the process group is torn down (on the error
+    path too). A rank that exits while another is still writing reports would otherwise
+    take gloo's threads down mid-use ("terminate called without an active exception",
+    seen once in CI)."""
     import torch
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -58,9 +59,7 @@ def _train(trainer, args) -> int:
         print(f"llt train: {args.resume_from_checkpoint} is at step {trainer.already_finished}, the "
               "last step of this run; nothing to train (raise --max_steps or --max_epochs to go on)")
         return 0
-    from llt.train.callbacks import PreemptionCallback
-
-    preempt = next(c for c in trainer.callback_handler.callbacks if isinstance(c, PreemptionCallback))
+    preempt = trainer.preemption
     if preempt.stopped_at is not None:
         if args.should_save:
             import signal
@@ -75,47 +74,52 @@ def _train(trainer, args) -> int:
 
 def build(model_args, data_args, lora_args, args):
     """Everything up to `trainer.train()`; every check that can fail runs here."""
+    from llt.data.collate import make_collator
+    from llt.data.run_data import build_data, corpus_specs
+    from llt.train.attention import is_varlen
     from llt.train.callbacks import (CorpusMixCallback, LossReportCallback, PreemptionCallback,
                                      SaveScheduleCallback, ThroughputCallback, peak_tflops)
-    from llt.train.checks import check_data_fits
-    from llt.train.collators import make_collator
-    from llt.train.data import build_data
+    from llt.train.checks import check_data_fits, verify_on_local_main
+    from llt.train.lora import apply_lora
     from llt.train.loss import use_chunked_loss
-    from llt.train.model import apply_lora, flops_per_token_info, load_model, load_tokenizer
+    from llt.train.model import flops_per_token_info, load_model, load_training_tokenizer
     from llt.train.report import write_run_report
     from llt.train.trainer import LltTrainer
 
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING,
                         format="%(message)s")
-    tokenizer, new_ids = load_tokenizer(model_args)
-    data = build_data(data_args, args)
-    use_eval(args, data.eval_set)
-    dataset = data.dataset
+    tokenizer, new_ids = load_training_tokenizer(model_args)
+    if data_args.verify_data:
+        specs, eval_specs = corpus_specs(data_args)
+        verify_on_local_main([s.path for s in specs + eval_specs], args)
+    data = build_data(data_args, seed=args.data_seed if args.data_seed is not None else args.seed)
     model = load_model(model_args, args, tokenizer, new_ids, padded=data_args.padding != "free")
-    check_data_fits(dataset, tokenizer, model, data_args, new_ids)
-    # Corpora, for per-corpus loss: training's, or the eval set's when it has more.
-    n_groups = max(dataset.n_corpora, len(data.eval_set.names) if data.eval_set else 1)
+    check_data_fits(data.dataset, tokenizer, model, new_ids)
     # Liger's fused linear cross-entropy (--use_liger_kernel, patched in by HF) does the
     # same job in one kernel; llt's chunked loss is the portable default.
     group_loss = bool(model_args.chunked_loss and not args.use_liger_kernel
-                      and use_chunked_loss(model, n_groups=n_groups))
+                      and use_chunked_loss(model, n_groups=data.n_groups))
+    attn = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    collator = make_collator(data_args.padding, data.dataset, tokenizer.pad_token_id, is_varlen(attn), attn,
+                             data_args.pad_to_multiple_of, data.n_groups)
     throughput = ThroughputCallback(flops_per_token_info(model), peak_tflops(args.peak_tflops))
     if lora_args.use_lora:
         model = apply_lora(model, lora_args, new_ids)
-    callbacks = [LossReportCallback(), SaveScheduleCallback(args.save_epochs, args.save_final),
-                 PreemptionCallback()]
-    mix = CorpusMixCallback(dataset.names) if dataset.n_corpora > 1 else None
+    mix = CorpusMixCallback(data.names) if data.dataset.n_corpora > 1 else None
+    preemption = PreemptionCallback()
+    callbacks = [LossReportCallback(), SaveScheduleCallback(args.save_epochs, args.save_final), preemption]
     trainer = LltTrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-        data_collator=make_collator(data_args, dataset, tokenizer, model, n_groups),
-        callbacks=callbacks, shuffle_data=data_args.shuffle_data, throughput=throughput,
-        plan=data.plan, eval_dataset=data.eval_set, mix=mix, group_loss=group_loss)
+        model=model, args=args, train_dataset=data.dataset, processing_class=tokenizer,
+        data_collator=collator, callbacks=callbacks, shuffle_data=data_args.shuffle_data,
+        throughput=throughput, plan=data.plan, eval_dataset=data.eval_set, mix=mix,
+        preemption=preemption, group_loss=group_loss)
+    # The meters go before HF's own callbacks (which the constructor puts first), so the
+    # figures they add reach the printed line and every report_to backend.
+    for meter in (mix, throughput):
+        if meter is not None:
+            trainer.callback_handler.callbacks.insert(0, meter)
     if args.resume_from_checkpoint:
         args.resume_from_checkpoint = trainer.plan_resume(args.resume_from_checkpoint)
-    # First, so the figures it adds reach the printed line and every report_to backend.
-    trainer.callback_handler.callbacks.insert(0, throughput)
-    if mix is not None:
-        trainer.callback_handler.callbacks.insert(1, mix)
     if args.should_save:
         save_config(args.output_dir, model_args=model_args, data_args=data_args,
                     lora_args=lora_args, args=args)
@@ -123,30 +127,12 @@ def build(model_args, data_args, lora_args, args):
     return trainer
 
 
-def use_eval(args, eval_set) -> None:
-    """Evaluate every --eval_steps (default: --logging_steps) when there is held-out data,
-    and record the best checkpoint by eval loss."""
-    from transformers.trainer_utils import IntervalStrategy
-
-    if eval_set is None:
-        if args.eval_strategy != IntervalStrategy.NO:
-            raise ConfigError(f"--eval_strategy {args.eval_strategy.value}: no held-out data; "
-                              "give --eval_data_path or --eval_split")
-        return
-    if args.eval_strategy == IntervalStrategy.NO:
-        args.eval_strategy = IntervalStrategy.STEPS
-    if args.eval_strategy == IntervalStrategy.STEPS and not args.eval_steps:
-        args.eval_steps = args.logging_steps
-    if args.metric_for_best_model is None:
-        args.metric_for_best_model, args.greater_is_better = "loss", False
-
-
 def save_config(folder: str, **groups) -> Path:
     """The resolved configuration, every flag of every group, as `llt_config.json`."""
     out = {}
     for name, obj in groups.items():
         out[name] = obj.to_dict() if hasattr(obj, "to_dict") else asdict(obj)
-    path = Path(folder) / "llt_config.json"
+    path = Path(folder) / CONFIG
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1, default=str))
     return path

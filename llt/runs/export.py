@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from llt.checkpoint import CheckpointError, Loaded, load_checkpoint
+from llt.errors import CheckpointError
+from llt.fsutil import replace_dir
+from llt.runs.load import Loaded, load_checkpoint
 
 EXPORT_INFO = "llt_export.json"
 
@@ -53,14 +54,7 @@ def export(src: str, out: str | Path, dtype: str = "auto", merge: bool = True, b
     if check:
         info["check_max_abs_logit_diff"] = compare_logits(loaded, staging)
     (staging / EXPORT_INFO).write_text(json.dumps(info, indent=1))
-    if out.exists():
-        old = out.parent / f".{out.name}.replaced"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, out)
+    replace_dir(staging, out, trash=out.parent / f".{out.name}.replaced")
     info["files"] = sorted(p.name for p in out.iterdir())
     return info
 

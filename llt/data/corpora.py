@@ -1,4 +1,4 @@
-"""Several corpora in one run: names, token weights, a held-out split, and each epoch's samples.
+"""Several corpora in one run: names, token weights, and each epoch's samples.
 
     --data_path math=out/metamath:0.3 chat=out/sharegpt:0.7
 
@@ -15,9 +15,7 @@ Each corpus is read as an endless stream of shuffled passes over its samples, an
 e takes stream positions [e*n_c, (e+1)*n_c): no sample is repeated within a corpus until
 all its samples have been used.
 
-`--eval_split` carves held-out samples out of each corpus (the same fraction of each)
-with a fixed seed, independent of `--seed`: runs that differ in seed or hyperparameters
-are evaluated on the same samples, and those samples are never trained on.
+The held-out split (`llt.data.heldout`) is taken out of each corpus before any of this.
 """
 
 from __future__ import annotations
@@ -29,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llt.data.dataset import DataError, _corpus_name
+from llt.data.dataset import corpus_name
+from llt.errors import DataError
 
-EVAL_SEED = 20260  # the held-out split's seed: fixed so every run holds out the same samples
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -67,7 +65,7 @@ def parse_corpora(values, flag: str = "--data_path") -> list[CorpusSpec]:
             name, path, weight = v.get("name"), str(v["path"]), v.get("weight")
         else:
             name, path, weight = _split_entry(str(v), flag)
-        name = name or _corpus_name(path)
+        name = name or corpus_name(path)
         if not _NAME.match(name):
             raise DataError(f"{flag} {v}: corpus name {name!r} may hold only letters, digits, '_', '.', '-'"
                             " (it names log keys); give one with name=path")
@@ -104,44 +102,6 @@ def _split_entry(v: str, flag: str) -> tuple[str | None, str, float | None]:
         else:
             v = head
     return name, v, weight
-
-
-def eval_split_sizes(counts: list[int], split: float) -> list[int]:
-    """Held-out samples per corpus: `split` < 1 is a fraction of each corpus, >= 1 a total
-    number of samples shared in proportion to the corpora's sizes (at least one each).
-
-    Examples:
-        >>> eval_split_sizes([100, 300], 0.1)
-        [10, 30]
-        >>> eval_split_sizes([100, 300], 8)
-        [2, 6]
-    """
-    if split <= 0:
-        return [0] * len(counts)
-    total = sum(counts)
-    if split < 1:
-        sizes = [max(1, round(n * split)) for n in counts]
-    else:
-        sizes = [max(1, round(split * n / total)) for n in counts]
-    for n, k in zip(counts, sizes):
-        if k >= n:
-            raise DataError(f"--eval_split {split}: would hold out {k} of a corpus's {n} samples, "
-                            "leaving nothing to train on; use a smaller split")
-    return sizes
-
-
-def split_eval(dataset, split: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(train ids, held-out ids) per corpus of `dataset`, both sorted."""
-    counts = [int(dataset.corpus_offsets[c + 1] - dataset.corpus_offsets[c]) for c in range(dataset.n_corpora)]
-    train, held = [], []
-    for c, k in enumerate(eval_split_sizes(counts, split)):
-        ids = dataset.corpus_ids(c)
-        pick = np.zeros(len(ids), dtype=bool)
-        if k:
-            pick[np.random.default_rng([EVAL_SEED, c]).permutation(len(ids))[:k]] = True
-        train.append(ids[~pick])
-        held.append(ids[pick])
-    return train, held
 
 
 class EpochPlan:
@@ -204,51 +164,3 @@ class EpochPlan:
                  "passes_per_epoch": round(n / len(i), 3)}
                 for name, i, t, n, e, w in zip(self.names, self.corpus_ids, self.tokens, self.counts, expected,
                                                self.weights or [None] * len(self.names))]
-
-
-class EvalView:
-    """Held-out samples from one or more datasets as one indexable set, each sample's
-    `corpus` renumbered to its eval group (`names`). Negative indices are fillers, as in
-    `ShardDataset`."""
-
-    def __init__(self, sources: list[tuple], names: list[str]):
-        # sources: (dataset, ids, group of each of the dataset's corpora)
-        self.sources = [(ds, np.asarray(ids, dtype=np.int64), list(groups)) for ds, ids, groups in sources
-                        if len(ids)]
-        self.names = names
-        self.offsets = np.concatenate([[0], np.cumsum([len(ids) for _, ids, _ in self.sources])]).astype(np.int64)
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def __getitem__(self, i: int) -> dict:
-        filler = i < 0
-        j = ~i if filler else i
-        s = int(np.searchsorted(self.offsets, j, side="right")) - 1
-        ds, ids, groups = self.sources[s]
-        k = int(ids[j - self.offsets[s]])
-        sample = ds[~k if filler else k]
-        sample["corpus"] = groups[sample["corpus"]]
-        return sample
-
-
-def build_eval_set(train, train_held: list[np.ndarray], eval_data=None) -> EvalView | None:
-    """The eval samples: the held-out split of `train` (groups named like its corpora) and
-    every sample of `eval_data` (another dataset, from --eval_data_path)."""
-    names = [train.names[c] for c, ids in enumerate(train_held) if len(ids)]
-    sources = []
-    if names:
-        groups = [names.index(n) if n in names else 0 for n in train.names]
-        sources.append((train, np.concatenate(train_held), groups))
-    if eval_data is not None:
-        overlap = set(map(str, train.paths)) & set(map(str, eval_data.paths))
-        if overlap:
-            raise DataError(f"--eval_data_path: {sorted(overlap)[0]} is also under --data_path; "
-                            "held-out data must not be trained on (use --eval_split to carve it)")
-        groups = []
-        for n in eval_data.names:
-            name = n if n not in names else f"{n}.eval"
-            names.append(name)
-            groups.append(len(names) - 1)
-        sources.append((eval_data, np.arange(len(eval_data)), groups))
-    return EvalView(sources, names) if sources else None

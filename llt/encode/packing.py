@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from llt.data.format import SampleBatch
-from llt.data.samples import Sample, join_samples, split_batch
+from llt.shards.writer import SampleBatch
+from llt.encode.samples import Sample, join_samples, split_batch
 
 
 def best_fit_decreasing(lengths: np.ndarray, capacity: int) -> list[list[int]]:

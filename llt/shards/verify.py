@@ -1,29 +1,30 @@
-"""`llt inspect` and `llt verify`: look at a corpus, and check that it can be trusted.
+"""`llt verify`: check that shards can be trusted before anything trains on them.
 
-    llt inspect out/wiki                 # counts, length histogram, 3 decoded samples
-    llt inspect out/alpaca -n 5 --random # trained tokens shown [[like this]]
     llt verify out/                      # every corpus under out/: exit 1 on any problem
     llt verify out/wiki/wiki_3.idx       # one shard
+
+Sizes and xxh3 checksums against `summary.json`, headers, offsets, and every id below the
+vocabulary. `verify_corpora` is the same check for the trainer's start-up.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from llt.data.format import ShardFormatError, ShardReader, file_xxh3
-from llt.data.manifest import MANIFEST, find_corpora, read_manifest
 from llt.errors import LltError
+from llt.shards.format import ShardFormatError, file_xxh3
+from llt.shards.manifest import MANIFEST, find_corpora, find_shards, read_manifest
+from llt.shards.reader import ShardReader
 
 _CHUNK = 1 << 24  # tokens per step when scanning a .bin: 64 MB of uint32
 
 
 @dataclass
-class _Target:
+class Target:
     """What one `inspect`/`verify` run looks at: a whole corpus, or one shard of it."""
 
     label: Path
@@ -31,11 +32,11 @@ class _Target:
     stems: list[Path]  # shard paths without suffix
 
 
-def _targets(path: Path) -> list[_Target]:
+def targets(path: Path) -> list[Target]:
     if path.suffix in (".bin", ".idx") and path.is_file():
         corpus = path.parent
         manifest = read_manifest(corpus) if (corpus / MANIFEST).is_file() else None
-        return [_Target(path.with_suffix(""), manifest, [path.with_suffix("")])]
+        return [Target(path.with_suffix(""), manifest, [path.with_suffix("")])]
     corpora = find_corpora(path)
     if not corpora:
         raise LltError(f"{path}: no llt corpus (no summary.json at or under it) and not a "
@@ -43,94 +44,10 @@ def _targets(path: Path) -> list[_Target]:
     out = []
     for corpus in corpora:
         manifest = read_manifest(corpus)
-        out.append(_Target(corpus, manifest, [corpus / s["name"] for s in manifest["shards"]]))
+        out.append(Target(corpus, manifest, [corpus / s["name"] for s in manifest["shards"]]))
     return out
 
 
-def length_histogram(lengths: np.ndarray, bins: int = 10, width: int = 40) -> str:
-    """A text histogram of sample lengths."""
-    if not len(lengths):
-        return "  (no samples)"
-    counts, edges = np.histogram(lengths, bins=bins)
-    top = counts.max() or 1
-    return "\n".join(
-        f"  {int(lo):>7,}-{int(hi):<7,} {c:>9,} {'#' * int(round(width * c / top))}"
-        for c, lo, hi in zip(counts, edges[:-1], edges[1:]))
-
-
-def render_sample(tok, ids: np.ndarray, mask: np.ndarray, docs: np.ndarray, color: bool,
-                  show_mask: bool) -> str:
-    """Decoded text with trained tokens marked and packed documents separated."""
-    on, off = ("\x1b[32m", "\x1b[0m") if color else ("[[", "]]")
-    bounds = sorted(set(np.flatnonzero(np.diff(mask.astype(np.int8))) + 1) | set(docs.tolist())
-                    | {0, len(ids)})
-    out = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        if lo in docs and lo:
-            out.append(f"\n----- document starts at token {lo} -----\n")
-        text = tok.decode(ids[lo:hi].tolist())
-        out.append(f"{on}{text}{off}" if show_mask and mask[lo] else text)
-    return "".join(out)
-
-
-def inspect_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="llt inspect", description=__doc__.split("\n\n")[0])
-    ap.add_argument("path", help="a corpus folder, a folder holding several, or one .bin/.idx shard")
-    ap.add_argument("-n", "--num_samples", type=int, default=3, help="samples to decode")
-    ap.add_argument("--random", action="store_true", help="pick samples at random")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--tokenizer_path", help="defaults to the one recorded in summary.json")
-    ap.add_argument("--max_tokens", type=int, default=400, help="decode at most this many tokens per sample")
-    args = ap.parse_args(argv)
-    color = sys.stdout.isatty()
-    for target in _targets(Path(args.path)):
-        readers = [ShardReader(stem.with_suffix(".idx")) for stem in target.stems]
-        lengths = np.concatenate([r.lengths for r in readers]) if readers else np.zeros(0, np.int64)
-        first = readers[0].header if readers else {}
-        total = int(lengths.sum())
-        trained = sum(r.header["n_trained_tokens"] for r in readers)
-        print(f"== {target.label}  ({first.get('encode_type')}, {first.get('dtype')}, "
-              f"{len(readers)} shard{'s' * (len(readers) != 1)}{', packed' if first.get('packed') else ''})")
-        print(f"samples {len(lengths):,}  tokens {total:,}  trained {trained:,} "
-              f"({100 * trained / max(total, 1):.1f}%)  length min/mean/max "
-              f"{lengths.min() if len(lengths) else 0:,}/{lengths.mean() if len(lengths) else 0:,.1f}/"
-              f"{lengths.max() if len(lengths) else 0:,}")
-        print("sample lengths:")
-        print(length_histogram(lengths))
-        if not len(lengths) or args.num_samples <= 0:
-            continue
-        from llt.data.tokenizer import load_tokenizer, vocab_fingerprint
-
-        tok_path = args.tokenizer_path or (target.manifest and target.manifest["tokenizer"]["path"])
-        if not tok_path:
-            raise LltError(f"{target.label}: no summary.json beside this shard names its "
-                           "tokenizer; pass --tokenizer_path to decode samples")
-        tok = load_tokenizer(tok_path)
-        if vocab_fingerprint(tok) != first["tokenizer_fingerprint"]:
-            print("warning: this tokenizer's vocabulary differs from the one that encoded the "
-                  "corpus; the text below may be wrong", file=sys.stderr)
-        picks = (np.random.default_rng(args.seed).choice(len(lengths), min(args.num_samples, len(lengths)),
-                                                        replace=False)
-                 if args.random else np.arange(min(args.num_samples, len(lengths))))
-        starts = np.concatenate([[0], np.cumsum([len(r) for r in readers])])
-        show_mask = any(r.has_loss_mask for r in readers)
-        if show_mask:
-            print("trained tokens are shown " + ("in green" if color else "[[like this]]"))
-        else:
-            print("every token is trained (pretrain)")
-        for g in sorted(int(p) for p in picks):
-            shard = int(np.searchsorted(starts, g, side="right") - 1)
-            r, i = readers[shard], g - int(starts[shard])
-            ids, mask, docs = np.asarray(r.tokens(i)), r.loss_mask(i), r.doc_starts(i)
-            cut = min(len(ids), args.max_tokens)
-            print(f"\n--- sample {g} ({target.stems[shard].name}[{i}]): {len(ids):,} "
-                  f"tokens, {int(mask.sum()):,} trained, {len(docs)} document(s)"
-                  f"{f'; first {cut}' if cut < len(ids) else ''} ---")
-            print(render_sample(tok, ids[:cut], mask[:cut], docs[docs < cut], color, show_mask))
-    return 0
-
-
-# ---------------------------------------------------------------------- verify
 def check_shard(r: ShardReader, vocab_size: int | None = None) -> list[str]:
     """Structural and id-range checks of one shard; returns the problems found."""
     problems = []
@@ -171,7 +88,7 @@ def check_shard(r: ShardReader, vocab_size: int | None = None) -> list[str]:
     return problems
 
 
-def verify_target(target: _Target) -> list[str]:
+def verify_target(target: Target) -> list[str]:
     """Problems in a corpus (or one shard of it) against its manifest."""
     problems = []
     manifest = target.manifest
@@ -211,7 +128,16 @@ def verify_target(target: _Target) -> list[str]:
 
 def verify_path(path: str | Path) -> list[str]:
     """Every problem `llt verify PATH` would report, each prefixed with its corpus or shard."""
-    return [f"{t.label}: {p}" for t in _targets(Path(path)) for p in verify_target(t)]
+    return [f"{t.label}: {p}" for t in targets(Path(path)) for p in verify_target(t)]
+
+
+def verify_corpora(data_paths: list[str]) -> list[str]:
+    """Every problem with the shards under `data_paths` (what the trainer reads): each
+    finished corpus against its `summary.json`, and lone shards on their own."""
+    shards = find_shards(data_paths)
+    corpora = sorted({s.parent for s in shards if (s.parent / MANIFEST).is_file()})
+    lone = [s for s in shards if s.parent not in corpora]  # no manifest: no checksums to compare
+    return [p for target in corpora + lone for p in verify_path(target)]
 
 
 def verify_main(argv: list[str]) -> int:
@@ -221,7 +147,7 @@ def verify_main(argv: list[str]) -> int:
     ap.add_argument("path")
     args = ap.parse_args(argv)
     bad = 0
-    for target in _targets(Path(args.path)):
+    for target in targets(Path(args.path)):
         problems = verify_target(target)
         bad += bool(problems)
         status = "OK" if not problems else f"{len(problems)} problem(s)"

@@ -1,15 +1,17 @@
 """The run's data from `--data_path`, `--eval_split` and `--eval_data_path`: the training
 dataset, each epoch's samples (the mix), the held-out set, and what the run folder
-records about them."""
+records about them (`llt_data.json`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from llt.data.corpora import CorpusSpec, EpochPlan, parse_corpora
 from llt.data.dataset import ShardDataset
-from llt.data.mixture import EpochPlan, EvalView, build_eval_set, parse_corpora, split_eval
-from llt.train.config import ConfigError
+from llt.data.heldout import EvalView, build_eval_set, split_eval
+from llt.errors import DataError
+from llt.shards.manifest import MANIFEST
 
 
 @dataclass
@@ -17,17 +19,20 @@ class RunData:
     dataset: ShardDataset
     plan: EpochPlan
     eval_set: EvalView | None
-    specs: list
+    specs: list[CorpusSpec]
 
     @property
     def names(self) -> list[str]:
         return self.dataset.names
 
+    @property
+    def n_groups(self) -> int:
+        """Corpora the per-corpus loss counts: training's, or the eval set's when it has more."""
+        return max(self.dataset.n_corpora, len(self.eval_set.names) if self.eval_set else 1)
+
     def manifest(self) -> dict:
         """`llt_data.json`: every corpus with its shards (name, samples, tokens, checksum),
         the mix per epoch and the held-out set."""
-        from llt.data.manifest import MANIFEST
-
         corpora = []
         for c, spec in enumerate(self.specs):
             shards = [{"path": str(p), "samples": h["n_samples"], "tokens": h["n_tokens"]}
@@ -44,30 +49,32 @@ class RunData:
                 "mix_per_epoch": self.plan.describe(), "samples_per_epoch": self.plan.size, "eval": evals}
 
 
-def build_data(data_args, args) -> RunData:
-    from llt.train.checks import verify_data
-
+def corpus_specs(data_args) -> tuple[list[CorpusSpec], list[CorpusSpec]]:
+    """The `--data_path` and `--eval_data_path` entries, checked."""
     specs = parse_corpora(data_args.data_path)
     eval_specs = parse_corpora(data_args.eval_data_path, "--eval_data_path") if data_args.eval_data_path else []
-    if data_args.verify_data:
-        verify_data([s.path for s in specs + eval_specs])
+    if any(s.weight is not None for s in eval_specs):
+        raise DataError("--eval_data_path: weights do not apply to held-out data (every sample is "
+                        "evaluated); drop the :weight")
+    return specs, eval_specs
+
+
+def build_data(data_args, seed: int) -> RunData:
+    """The datasets, the epoch plan and the held-out set (shards are verified before,
+    by the caller: see `llt.train.checks.verify_on_local_main`)."""
+    specs, eval_specs = corpus_specs(data_args)
     dataset = ShardDataset([s.path for s in specs], names=[s.name for s in specs])
     if data_args.eval_split < 0:
-        raise ConfigError(f"--eval_split {data_args.eval_split}: must be 0 or more")
+        raise DataError(f"--eval_split {data_args.eval_split}: must be 0 or more")
     train_ids, held = split_eval(dataset, data_args.eval_split)
     lengths = dataset.lengths()
     weights = [s.weight for s in specs] if specs[0].weight is not None else None
-    seed = args.data_seed if args.data_seed is not None else args.seed
     plan = EpochPlan(train_ids, [lengths[i] for i in train_ids], weights, seed=seed,
                      shuffle=data_args.shuffle_data, names=dataset.names)
     eval_data = None
     if eval_specs:
-        if any(s.weight is not None for s in eval_specs):
-            raise ConfigError("--eval_data_path: weights do not apply to held-out data (every sample is "
-                              "evaluated); drop the :weight")
         eval_data = ShardDataset([s.path for s in eval_specs], names=[s.name for s in eval_specs])
         if eval_data.fingerprint != dataset.fingerprint:
-            raise ConfigError(f"--eval_data_path {eval_specs[0].path}: encoded with a different tokenizer "
-                              "than --data_path")
-    eval_set = build_eval_set(dataset, held, eval_data)
-    return RunData(dataset, plan, eval_set, specs)
+            raise DataError(f"--eval_data_path {eval_specs[0].path}: encoded with a different tokenizer "
+                            "than --data_path")
+    return RunData(dataset, plan, build_eval_set(dataset, held, eval_data), specs)

@@ -21,8 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from llt.data.format import SampleBatch
-from llt.data.tokenizer import TokenizerInfo
+from llt.shards.writer import SampleBatch
+from llt.encode.tokenizer_info import TokenizerInfo
 from llt.errors import LltError
 
 Where = Callable[[int], str]  # record position in the batch -> "file: line 12" for errors

@@ -1,8 +1,5 @@
-"""The per-corpus manifest, `summary.json`: what was encoded, how, and each file's checksum.
-
-It is written last (under a temporary name, then renamed), so its presence means the
-corpus is complete; `llt verify` checks every shard against it.
-"""
+"""The end of an encode: its closing figures, the `summary.json` manifest it writes last, and
+the summary it prints."""
 
 from __future__ import annotations
 
@@ -12,12 +9,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from llt.data.samples import EncodeStats
-from llt.data.tokenizer import TokenizerInfo
-from llt.errors import LltError
-
-MANIFEST = "summary.json"
-MANIFEST_VERSION = 1
+from llt.encode.samples import EncodeStats
+from llt.encode.tokenizer_info import TokenizerInfo
+from llt.fsutil import fsync_dir
+from llt.shards.manifest import MANIFEST, MANIFEST_VERSION
 
 
 def summarize(stats: EncodeStats, seconds: float) -> dict:
@@ -60,38 +55,6 @@ def write_manifest(corpus_dir: Path, *, args: dict, info: TokenizerInfo, dtype: 
     os.replace(tmp, corpus_dir / MANIFEST)
     fsync_dir(corpus_dir)
     return manifest
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_manifest(corpus_dir: Path) -> dict:
-    path = Path(corpus_dir) / MANIFEST
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise LltError(f"{corpus_dir}: no {MANIFEST}; this is not a finished llt corpus "
-                       "(an interrupted `llt encode` leaves none: run it again)") from None
-    except json.JSONDecodeError as e:
-        raise LltError(f"{path}: damaged manifest ({e})") from None
-    if manifest.get("llt_corpus_version") != MANIFEST_VERSION:
-        raise LltError(f"{path}: manifest version {manifest.get('llt_corpus_version')!r}, "
-                       f"this llt reads {MANIFEST_VERSION}")
-    return manifest
-
-
-def find_corpora(path: Path) -> list[Path]:
-    """Corpus folders (holding summary.json) at or under `path`, sorted."""
-    path = Path(path)
-    if (path / MANIFEST).is_file():
-        return [path]
-    return sorted(p.parent for p in path.rglob(MANIFEST))
 
 
 def describe(manifest: dict, corpus_dir: Path) -> str:

@@ -15,15 +15,12 @@ from pathlib import Path
 
 import torch
 
-from llt.errors import LltError
+from llt.errors import CheckpointError
+from llt.runs.folder import TRAINER_STATE, resolve, run_config
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-class CheckpointError(LltError, ValueError):
-    """A checkpoint that cannot be loaded; the message names the path and what is missing."""
 
 
 @dataclass
@@ -34,37 +31,6 @@ class Loaded:
     kind: str  # "full", "lora" or "zero"
     base_model: str | None = None
     info: dict = field(default_factory=dict)
-
-
-def resolve_checkpoint(path: str | Path, best: bool = False) -> Path:
-    """The checkpoint or model folder that `path` names."""
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{p}: no such checkpoint, run folder or model folder")
-    if (p / "trainer_state.json").is_file() or (p / "config.json").is_file() or (p / "adapter_config.json").is_file():
-        return p
-    from llt.runs import checkpoints
-
-    ckpts = checkpoints(p)
-    if not ckpts:
-        raise CheckpointError(f"{p}: holds no checkpoint-N folder and is not a model folder")
-    if best:
-        state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
-        chosen = state.get("best_model_checkpoint")
-        if not chosen:
-            raise CheckpointError(f"{p}: no best checkpoint recorded (train with --eval_split or "
-                                  "--eval_data_path, and save at eval steps)")
-        return Path(chosen) if Path(chosen).is_dir() else p / Path(chosen).name
-    return ckpts[-1]
-
-
-def run_config(ckpt: Path) -> dict:
-    """The training run's `llt_config.json` (in the run folder above the checkpoint)."""
-    for folder in (ckpt, ckpt.parent):
-        f = folder / "llt_config.json"
-        if f.is_file():
-            return json.loads(f.read_text())
-    return {}
 
 
 def checkpoint_kind(ckpt: Path, weights: str = "auto") -> str:
@@ -117,7 +83,7 @@ def load_checkpoint(path: str | Path, dtype: str | None = "auto", merge: bool = 
     """The model (merged when LoRA and `merge`) and tokenizer a checkpoint holds, in `dtype`."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    ckpt = resolve_checkpoint(path, best)
+    ckpt = resolve(path, best)
     kind = checkpoint_kind(ckpt, weights)
     cfg = run_config(ckpt)
     original = cfg.get("model_args", {}).get("model_path")
@@ -161,8 +127,8 @@ def load_checkpoint(path: str | Path, dtype: str | None = "auto", merge: bool = 
     if hasattr(model, "config"):
         model.config.use_cache = True  # training turned it off; generation wants it
     step = None
-    if (ckpt / "trainer_state.json").is_file():
-        step = json.loads((ckpt / "trainer_state.json").read_text()).get("global_step")
+    if (ckpt / TRAINER_STATE).is_file():
+        step = json.loads((ckpt / TRAINER_STATE).read_text()).get("global_step")
     return Loaded(model, tok, ckpt, kind, base, {"dtype": str(want).replace("torch.", ""), "step": step})
 
 
@@ -179,8 +145,7 @@ def _config_or_none(path):
 def _grow_for_tokenizer(model, tok) -> None:
     """Tokens added in training (--add_tokens) lie past the base's embedding table: grow
     it as training did, so the adapter's rows for them fit."""
-    from llt.train.checks import embedding_rows
-    from llt.train.model import add_token_rows
+    from llt.train.model import add_token_rows, embedding_rows
 
     rows = embedding_rows(model)
     if len(tok) > rows:

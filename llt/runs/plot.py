@@ -11,31 +11,16 @@ plots against optimizer steps. Eval points are drawn as markers in the run's col
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from llt.errors import LltError
-from llt.runs import checkpoints
+from llt.runs.history import draw_curves, finish_axes, pyplot, read_history
 
 
 class PlotError(LltError, ValueError):
     pass
-
-
-def read_history(path: str | Path) -> list[dict]:
-    """The log entries of a run folder or checkpoint."""
-    p = Path(path)
-    for name in ("loss_history.json", "trainer_state.json"):
-        f = p / name
-        if f.is_file():
-            data = json.loads(f.read_text())
-            return data["log_history"] if isinstance(data, dict) else data
-    ckpts = [c / "loss_history.json" for c in checkpoints(p) if (c / "loss_history.json").is_file()]
-    if ckpts:  # a run still going (or killed): its newest checkpoint's copy
-        return json.loads(ckpts[-1].read_text())
-    raise PlotError(f"{p}: no loss_history.json or trainer_state.json (not a run folder or checkpoint)")
 
 
 def series(history: list[dict], x: str) -> tuple[list, list, list, list]:
@@ -56,30 +41,20 @@ def series(history: list[dict], x: str) -> tuple[list, list, list, list]:
 
 def plot_runs(runs: list[str], out: str | Path, x: str = "tokens", labels: list[str] | None = None,
               logy: bool = False) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = labels or [Path(r).name for r in runs]
     if len(labels) != len(runs):
         raise PlotError(f"--labels: {len(labels)} labels for {len(runs)} runs")
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     for run, label in zip(runs, labels):
         try:
             tx, ty, ex, ey = series(read_history(run), x)
-        except PlotError as e:
+        except LltError as e:
             raise PlotError(f"{run}: {e}") from None
         if not tx and not ex:
             raise PlotError(f"{run}: no loss logged yet")
-        line, = ax.plot(tx, ty, label=f"{label} train", lw=1.2)
-        if ex:
-            ax.plot(ex, ey, "o--", color=line.get_color(), ms=4, label=f"{label} eval")
-    ax.set_xlabel("input tokens seen" if x == "tokens" else "optimizer step")
-    ax.set_ylabel("loss")
-    if logy:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        draw_curves(ax, tx, ty, ex, ey, label)
+    finish_axes(ax, "input tokens seen" if x == "tokens" else "optimizer step", logy)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

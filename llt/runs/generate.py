@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from llt.checkpoint import load_checkpoint
+from llt.runs.load import load_checkpoint
 
 
 def prompt_ids(tokenizer, prompt: str, system: str | None = None, raw: bool = False) -> torch.Tensor:

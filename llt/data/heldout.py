@@ -1,0 +1,100 @@
+"""The held-out samples: `--eval_split` carved out of each corpus, plus `--eval_data_path`.
+
+`--eval_split` holds out the same fraction of each corpus (or a number of samples shared
+in proportion) with a fixed seed, independent of `--seed`: runs that differ in seed or
+hyperparameters are evaluated on the same samples, and those samples are never trained on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llt.errors import DataError
+
+EVAL_SEED = 20260  # the held-out split's seed: fixed so every run holds out the same samples
+
+
+def eval_split_sizes(counts: list[int], split: float) -> list[int]:
+    """Held-out samples per corpus: `split` < 1 is a fraction of each corpus, >= 1 a total
+    number of samples shared in proportion to the corpora's sizes (at least one each).
+
+    Examples:
+        >>> eval_split_sizes([100, 300], 0.1)
+        [10, 30]
+        >>> eval_split_sizes([100, 300], 8)
+        [2, 6]
+    """
+    if split <= 0:
+        return [0] * len(counts)
+    total = sum(counts)
+    if split < 1:
+        sizes = [max(1, round(n * split)) for n in counts]
+    else:
+        sizes = [max(1, round(split * n / total)) for n in counts]
+    for n, k in zip(counts, sizes):
+        if k >= n:
+            raise DataError(f"--eval_split {split}: would hold out {k} of a corpus's {n} samples, "
+                            "leaving nothing to train on; use a smaller split")
+    return sizes
+
+
+def split_eval(dataset, split: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(train ids, held-out ids) per corpus of `dataset`, both sorted."""
+    counts = [int(dataset.corpus_offsets[c + 1] - dataset.corpus_offsets[c]) for c in range(dataset.n_corpora)]
+    train, held = [], []
+    for c, k in enumerate(eval_split_sizes(counts, split)):
+        ids = dataset.corpus_ids(c)
+        pick = np.zeros(len(ids), dtype=bool)
+        if k:
+            pick[np.random.default_rng([EVAL_SEED, c]).permutation(len(ids))[:k]] = True
+        train.append(ids[~pick])
+        held.append(ids[pick])
+    return train, held
+
+
+class EvalView:
+    """Held-out samples from one or more datasets as one indexable set, each sample's
+    `corpus` renumbered to its eval group (`names`). Negative indices are fillers, as in
+    `ShardDataset`."""
+
+    def __init__(self, sources: list[tuple], names: list[str]):
+        # sources: (dataset, ids, group of each of the dataset's corpora)
+        self.sources = [(ds, np.asarray(ids, dtype=np.int64), list(groups)) for ds, ids, groups in sources
+                        if len(ids)]
+        self.names = names
+        self.offsets = np.concatenate([[0], np.cumsum([len(ids) for _, ids, _ in self.sources])]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> dict:
+        filler = i < 0
+        j = ~i if filler else i
+        s = int(np.searchsorted(self.offsets, j, side="right")) - 1
+        ds, ids, groups = self.sources[s]
+        k = int(ids[j - self.offsets[s]])
+        sample = ds[~k if filler else k]
+        sample["corpus"] = groups[sample["corpus"]]
+        return sample
+
+
+def build_eval_set(train, train_held: list[np.ndarray], eval_data=None) -> EvalView | None:
+    """The eval samples: the held-out split of `train` (groups named like its corpora) and
+    every sample of `eval_data` (another dataset, from --eval_data_path)."""
+    names = [train.names[c] for c, ids in enumerate(train_held) if len(ids)]
+    sources = []
+    if names:
+        groups = [names.index(n) if n in names else 0 for n in train.names]
+        sources.append((train, np.concatenate(train_held), groups))
+    if eval_data is not None:
+        overlap = set(map(str, train.paths)) & set(map(str, eval_data.paths))
+        if overlap:
+            raise DataError(f"--eval_data_path: {sorted(overlap)[0]} is also under --data_path; "
+                            "held-out data must not be trained on (use --eval_split to carve it)")
+        groups = []
+        for n in eval_data.names:
+            name = n if n not in names else f"{n}.eval"
+            names.append(name)
+            groups.append(len(names) - 1)
+        sources.append((eval_data, np.arange(len(eval_data)), groups))
+    return EvalView(sources, names) if sources else None

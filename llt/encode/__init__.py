@@ -1,0 +1,9 @@
+"""Stage 1, `llt encode`: user records -> token samples with exact loss spans -> shards.
+
+In the order data flows through them: `config` (`EncodeArgs`, every flag), `sources`
+(records from JSONL/JSON/Parquet/CSV files, HF `datasets` folders or a `data_loader.py`),
+`tokenizer_info` (what the shards record about the tokenizer), `samples` (records ->
+samples: pretrain, qa, chat), `packing` (`--merge_data`), `sink` (a worker's rolling
+shard output), `worker` (one encoder process), `job` (start workers, collect, finish) and
+`summary` (the manifest written last, and the printed summary).
+"""

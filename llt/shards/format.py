@@ -1,0 +1,135 @@
+"""The llt shard format: its constants, the `.idx` header, and the token dtype.
+
+A shard is two files (full description in docs/format.md):
+
+* `NAME.bin`: the token ids of every sample, back to back, raw little-endian
+  `uint16` or `uint32`, no header and no padding, so `np.memmap` slices it zero-copy.
+* `NAME.idx`: an 8-byte magic, a version, a JSON header (dtype, vocabulary size,
+  counts, tokenizer fingerprint), then 8-byte-aligned little-endian arrays:
+
+  =================  ==============  =====================================================
+  array              dtype, length   meaning
+  =================  ==============  =====================================================
+  `sample_offsets`   u64, n+1        sample i is `bin[sample_offsets[i]:sample_offsets[i+1]]`
+  `span_offsets`     u64, n+1        sample i's loss spans are `spans[span_offsets[i]:...]`
+  `spans`            u32, 2*m        (start, end) token ranges trained on, relative to
+                                     the sample start; absent when every token is trained
+  `doc_offsets`      u64, n+1        sample i's documents start at `doc_starts[doc_offsets[i]:...]`
+  `doc_starts`       u32, k          document start positions relative to the sample start
+                                     (always begins with 0)
+  =================  ==============  =====================================================
+
+`llt.shards.writer` writes shards and `llt.shards.reader` reads them; both take the
+layout from here. Both files are written under temporary names and renamed by the
+caller once complete, the `.idx` last, so a half-written shard is never found under a
+final name.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import xxhash
+
+from llt.errors import LltError
+
+MAGIC = b"LLTSHRD\x00"
+VERSION = (1, 0)  # (major, minor): readers refuse another major, accept any minor
+# magic, major, minor, byte length of the JSON header that follows
+PREFIX = struct.Struct("<8sHHI")
+ALIGN = 64  # arrays start on a cache-line boundary
+COPY_CHUNK = 16 << 20  # bytes per read when assembling or hashing files
+FLUSH_ENTRIES = 1 << 20  # index entries buffered in RAM before spilling to a side file
+
+TOKEN_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+# The seed spelled the dtypes as signed ints; ids are never negative, so they map to the
+# unsigned type of the same width (int16 then holds ids up to 65,535, not 32,767).
+DTYPE_ALIASES = {"int16": "uint16", "uint16": "uint16", "int32": "uint32", "uint32": "uint32"}
+
+
+class ShardFormatError(LltError, ValueError):
+    """A shard file is damaged, truncated, or not an llt shard. The message names the file."""
+
+
+def choose_dtype(requested: str, vocab_size: int) -> str:
+    """Return the on-disk token dtype name for `--save_dtype` and a vocabulary size.
+
+    Examples:
+        >>> choose_dtype("auto", 49_152)
+        'uint16'
+        >>> choose_dtype("auto", 151_665)
+        'uint32'
+        >>> choose_dtype("int16", 151_665)
+        Traceback (most recent call last):
+        ...
+        ValueError: --save_dtype int16 stores ids below 65,536, but the tokenizer has 151,665 tokens; use --save_dtype int32 or auto
+    """
+    if requested == "auto":
+        return "uint16" if vocab_size <= 1 << 16 else "uint32"
+    if requested not in DTYPE_ALIASES:
+        raise ValueError(
+            f"--save_dtype {requested!r} is not one of auto, {', '.join(DTYPE_ALIASES)}"
+        )
+    name = DTYPE_ALIASES[requested]
+    limit = np.iinfo(TOKEN_DTYPES[name]).max + 1
+    if vocab_size > limit:
+        raise ValueError(
+            f"--save_dtype {requested} stores ids below {limit:,}, but the tokenizer has "
+            f"{vocab_size:,} tokens; use --save_dtype int32 or auto"
+        )
+    return name
+
+
+def file_xxh3(path: Path) -> str:
+    """xxh3-128 hex digest of a whole file, read in chunks so memory stays flat."""
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(COPY_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def round_up(n: int, k: int) -> int:
+    return (n + k - 1) // k * k
+
+
+def encode_header(header: dict, layout: dict) -> bytes:
+    """JSON header whose `arrays` offsets are relative to the first aligned byte after it."""
+    return json.dumps({**header, "arrays": layout}, sort_keys=True).encode()
+
+
+def read_header(idx_path: Path) -> dict:
+    """Parse and check an `.idx` header; errors name the file and what is wrong."""
+    idx_path = Path(idx_path)
+    try:
+        with open(idx_path, "rb") as f:
+            raw = f.read(PREFIX.size)
+            if len(raw) < PREFIX.size:
+                raise ShardFormatError(f"{idx_path}: too short to be an llt shard index ({len(raw)} bytes)")
+            magic, major, minor, hlen = PREFIX.unpack(raw)
+            if magic != MAGIC:
+                raise ShardFormatError(
+                    f"{idx_path}: not an llt shard index (magic {magic!r}, expected {MAGIC!r}); "
+                    "files from the seed's pickle format must be re-encoded with `llt encode`"
+                )
+            if major != VERSION[0]:
+                raise ShardFormatError(
+                    f"{idx_path}: shard format version {major}.{minor}, this llt reads "
+                    f"version {VERSION[0]}.x; re-encode the data or upgrade llt"
+                )
+            body = f.read(hlen)
+    except FileNotFoundError:
+        raise ShardFormatError(f"{idx_path}: no such shard index") from None
+    try:
+        header = json.loads(body)
+        header["arrays"]
+        if header["dtype"] not in TOKEN_DTYPES:
+            raise ValueError(f"unknown dtype {header['dtype']!r}")
+    except (ValueError, KeyError, TypeError) as e:
+        raise ShardFormatError(f"{idx_path}: damaged header ({e})") from None
+    header["_body_start"] = round_up(PREFIX.size + hlen, ALIGN)
+    header["_version"] = f"{major}.{minor}"
+    return header

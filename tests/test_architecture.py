@@ -1,0 +1,102 @@
+"""The layout docs/architecture.md describes, kept true: one folder a stage of the data's
+journey, imports that only flow along it, no import cycle, and modules and functions
+small enough to read in one sitting."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "llt"
+STAGES = ("encode", "shards", "data", "train", "runs")
+# What each stage may import besides itself and the base modules (errors, fsutil, flags,
+# resources, tokenizer_loader): earlier stages only. train writes run folders through
+# runs.folder and runs.history; runs.load grows a model's embeddings as training did.
+ALLOWED = {
+    "shards": set(),
+    "encode": {"shards"},
+    "data": {"shards"},
+    "train": {"shards", "data", "runs.folder", "runs.history"},
+    "runs": {"train.model"},
+}
+ENTRY_POINTS = {"llt.cli", "llt.quickstart", "llt.__main__"}
+BASE = {"llt", "llt.errors", "llt.fsutil", "llt.flags", "llt.resources", "llt.tokenizer_loader", "llt.toy"}
+
+
+def modules() -> dict[str, ast.Module]:
+    out = {}
+    for f in sorted(PKG.rglob("*.py")):
+        name = ".".join(f.relative_to(PKG.parent).with_suffix("").parts).removesuffix(".__init__")
+        out[name] = ast.parse(f.read_text(), str(f))
+    return out
+
+
+def llt_imports(tree: ast.Module, names: set[str]) -> set[str]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("llt"):
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                found.add(full if full in names else node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("llt")}
+    return found
+
+
+MODULES = modules()
+GRAPH = {m: llt_imports(t, set(MODULES)) - {m} for m, t in MODULES.items()}
+
+
+def stage(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in STAGES else None
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m not in ENTRY_POINTS))
+def test_imports_flow_along_the_journey(module):
+    own = stage(module)
+    for dep in GRAPH[module]:
+        if dep in BASE or stage(dep) == own:
+            continue
+        assert own is not None, f"{module} is a base module but imports the stage module {dep}"
+        allowed = ALLOWED[own]
+        assert stage(dep) in allowed or any(dep == a or dep.startswith(a + ".") for a in
+                                            (f"llt.{x}" for x in allowed)), \
+            f"{module} imports {dep}: stage {own} may import only {sorted(allowed) or 'base modules'}"
+
+
+def test_no_import_cycle():
+    seen, on_path = set(), []
+
+    def visit(m):
+        if m in on_path:
+            raise AssertionError("import cycle: " + " -> ".join(on_path[on_path.index(m):] + [m]))
+        if m in seen:
+            return
+        on_path.append(m)
+        for d in GRAPH.get(m, ()):
+            visit(d)
+        on_path.pop()
+        seen.add(m)
+
+    for m in MODULES:
+        visit(m)
+
+
+def test_modules_and_functions_stay_small():
+    lines = {f.relative_to(PKG.parent): len(f.read_text().splitlines()) for f in PKG.rglob("*.py")}
+    assert not {f: n for f, n in lines.items() if n > 400}
+    long_functions = [(f"{m}.{n.name}", n.end_lineno - n.lineno + 1) for m, t in MODULES.items()
+                      for n in ast.walk(t) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                      and n.end_lineno - n.lineno + 1 > 60]
+    assert not long_functions, long_functions
+
+
+def test_every_package_docstring_names_each_of_its_modules():
+    for pkg in STAGES:
+        doc = ast.get_docstring(MODULES[f"llt.{pkg}"]) or ""
+        missing = [m.rsplit(".", 1)[1] for m in MODULES if m.startswith(f"llt.{pkg}.")
+                   and f"`{m.rsplit('.', 1)[1]}`" not in doc]
+        assert not missing, f"llt/{pkg}/__init__.py does not describe {missing}"
