@@ -55,15 +55,16 @@ def test_wheel_install_runs_quickstart_and_finds_shipped_configs_from_an_empty_f
     runs = list((work / "llt-quickstart" / "runs").iterdir())
     assert len(runs) == 1 and list(runs[0].glob("checkpoint-*"))
 
-    # --use_lora's default configs/lora.json and --deepspeed_config_path auto, no source tree.
+    # A shipped recipe by its repository path, its configs/lora.json, and
+    # --deepspeed_config_path auto, with no source tree.
     qs = work / "llt-quickstart"
-    _run([llt, "train", "--model_path", qs / "tiny-llama", "--data_path", qs / "shards" / "qa",
-          "--use_lora", "--deepspeed_config_path", "auto", "--use_cpu", "--max_steps", "2",
+    _run([llt, "train", "--config", "recipes/lora_sft.yaml", "--model_path", qs / "tiny-llama",
+          "--data_path", qs / "shards" / "qa", "--deepspeed_config_path", "auto", "--use_cpu", "--max_steps", "2",
           "--output_path", work / "lora-runs", "--report_to", "none", "--disable_tqdm", "true"],
          cwd=work, env=env)
     lora_run = next((work / "lora-runs").iterdir())
     config = json.loads((lora_run / "llt_config.json").read_text())
-    assert config["lora_args"]["use_lora"] is True
+    assert config["lora_args"] == {"use_lora": True, "lora_config_path": "configs/lora.json"}
     assert (lora_run / "checkpoint-2" / "adapter_config.json").is_file()
 
     probe = ("import torch; torch.cuda.is_available = lambda: True\n"

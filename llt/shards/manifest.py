@@ -1,4 +1,5 @@
-"""The per-corpus manifest, `summary.json`: what was encoded, how, and each file's checksum.
+"""The per-corpus manifest, `summary.json` (what was encoded, how, and each file's
+checksum), and which corpora and shards a path names.
 
 The encoder writes it last (`llt.encode.summary`), so its presence means the corpus is
 complete; `llt verify` checks every shard against it, and the trainer refuses a corpus

@@ -12,12 +12,12 @@ dataclasses are built, so nothing rewrites the arguments afterwards.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser
 
 from llt.errors import ConfigError
+from llt.resources import user_or_shipped
 from llt.train.config import DataArguments, LltTrainingArguments, LoraArguments, ModelArguments
 
 DATACLASSES = (ModelArguments, DataArguments, LoraArguments, LltTrainingArguments)
@@ -45,8 +45,9 @@ def _split_config(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def read_recipe(path: str, parser: HfArgumentParser) -> dict:
-    """A YAML recipe as parser defaults; keys are checked against the flags."""
-    p = Path(path)
+    """A YAML recipe as parser defaults; keys are checked against the flags. A path that
+    does not exist here may name a shipped recipe (`recipes/lora_sft.yaml`)."""
+    p = user_or_shipped(path)
     if not p.is_file():
         raise ConfigError(f"--config {path}: no such file")
     try:
