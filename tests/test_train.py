@@ -331,3 +331,33 @@ def test_lora_config_naming_missing_modules_fails_before_training(tmp_path, tiny
                        "--lora_config_path", str(bad))) == 2
     err = capsys.readouterr().err
     assert "c_attn" in err and "q_proj" in err and str(bad) in err
+
+
+def test_help_lists_every_group_of_flags(capsys):
+    from llt.train.parse import parse_args
+
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--eval_split", "0.1", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--model_path", "--data_path", "--use_lora", "--learning_rate", "--load_ckpt_path"):
+        assert flag in out
+
+
+def test_held_out_data_turns_evaluation_on_at_parse_time_unless_told_otherwise(tmp_path):
+    from llt.errors import ConfigError
+    from llt.train.parse import parse_args
+
+    base = ["--model_path", "m", "--data_path", "d", "--use_cpu", "--output_dir", str(tmp_path / "r"),
+            "--logging_steps", "7"]
+    *_, args = parse_args(base + ["--eval_split", "0.1"])
+    assert (args.eval_strategy.value, args.eval_steps, args.metric_for_best_model, args.greater_is_better) == \
+        ("steps", 7, "loss", False)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("eval_split: 4\neval_strategy: 'no'\n")
+    *_, args = parse_args([str(recipe), *base])
+    assert args.eval_strategy.value == "no"
+    *_, args = parse_args(base)
+    assert args.eval_strategy.value == "no" and args.metric_for_best_model is None
+    with pytest.raises(ConfigError, match="--eval_strategy steps: no held-out data"):
+        parse_args(base + ["--eval_strategy", "steps"])

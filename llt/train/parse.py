@@ -11,6 +11,7 @@ dataclasses are built, so nothing rewrites the arguments afterwards.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import yaml
@@ -90,9 +91,12 @@ def eval_defaults(recipe: dict, argv: list[str]) -> dict:
     """With held-out data (`--eval_split` or `--eval_data_path`), evaluate every
     `--eval_steps` (HF's default for it: `--logging_steps`) and record the best checkpoint
     by eval loss, unless the recipe or the flags say otherwise."""
-    known = HfArgumentParser(DataArguments, allow_abbrev=False)
+    known = HfArgumentParser(DataArguments, allow_abbrev=False, add_help=False, exit_on_error=False)
     known.set_defaults(**{k: v for k, v in recipe.items() if hasattr(DataArguments, k)})
-    data_args, _ = known.parse_known_args(argv)
+    try:
+        data_args, _ = known.parse_known_args(argv)
+    except argparse.ArgumentError:
+        return {}  # a bad value: the full parser reports it, with the full usage
     if not (data_args.eval_split and data_args.eval_split > 0) and not data_args.eval_data_path:
         return {}
     given = set(recipe) | {a.split("=", 1)[0][2:] for a in argv if a.startswith("--")}
