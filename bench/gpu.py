@@ -207,7 +207,7 @@ def main() -> None:
     import torch
 
     from llt.data.dataset import ShardDataset
-    mean_len = float(ShardDataset(paths["unpacked"]).lengths().mean())
+    mean_len = (lambda ds: ds.n_tokens / len(ds))(ShardDataset(paths["unpacked"]))
     rows = max(1, round(args.tokens_per_step / args.max_length))
     per_micro = 16 if not t else 4
     plan = {"llt": (rows, 1), "baseline": (per_micro, max(1, round(args.tokens_per_step / (per_micro * mean_len))))}

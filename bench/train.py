@@ -206,7 +206,8 @@ def main() -> None:
                       "--max_length", str(args.max_length), "--overlong", "truncate", *extra])
             assert rc == 0
     from llt.data.dataset import ShardDataset
-    mean_len = ShardDataset(work / "shards" / "unpacked").lengths().mean()
+    ds = ShardDataset(work / "shards" / "unpacked")
+    mean_len = ds.n_tokens / len(ds)
     rows = max(1, round(args.tokens_per_step / args.max_length))  # packed rows are ~full
     plan = {"llt_packed": ("packed", rows, 1), "trl_packing": (None, rows, 1),
             "trl_packing_b1": (None, 1, rows),

@@ -49,15 +49,19 @@ def test_yaml_mapping_form_gives_the_same_corpora(tmp_path, tiny_model_dir, toy_
     assert len(data.eval_set) == 4
 
 
-def _plan(ds, weights, seed=3, split=0.0):
-    train_ids, held = split_eval(ds, split)
-    lengths = ds.lengths()
-    return EpochPlan(train_ids, [lengths[i] for i in train_ids], weights, seed=seed, names=ds.names), held
+def _plan(ds, weights, seed=3, split=0.0, shuffle=True):
+    pools = split_eval(ds, split)
+    tokens = [int(ds.sample_lengths(p.ids(np.arange(p.size))).sum()) for p in pools]
+    return EpochPlan(pools, tokens, weights, seed=seed, names=ds.names, shuffle=shuffle), _held(pools)
+
+
+def _held(pools):
+    return [np.sort(p.held_ids(np.arange(p.held))) for p in pools]
 
 
 def test_weights_give_each_corpus_its_token_share_and_resampling_rotates(toy_corpora):
     ds = ShardDataset([toy_corpora["text"], toy_corpora["qa"]])
-    lengths, corpus = ds.lengths(), np.repeat([0, 1], np.diff(ds.corpus_offsets))
+    lengths, corpus = ds.sample_lengths(np.arange(len(ds))), np.repeat([0, 1], np.diff(ds.corpus_offsets))
     plan, _ = _plan(ds, [0.2, 0.8])
     for epoch in range(3):
         ids = plan.ids(epoch)
@@ -82,15 +86,19 @@ def test_weights_give_each_corpus_its_token_share_and_resampling_rotates(toy_cor
 
 def test_eval_split_is_fixed_and_never_trained(toy_corpora):
     ds = ShardDataset([toy_corpora["text"], toy_corpora["qa"]])
-    train_ids, held = split_eval(ds, 0.1)
+    held = _held(split_eval(ds, 0.1))
     assert [len(h) for h in held] == [round(0.1 * n) for n in np.diff(ds.corpus_offsets)]
-    assert all(np.array_equal(a, b) for a, b in zip(held, split_eval(ds, 0.1)[1]))  # no seed involved
+    assert all(np.array_equal(a, b) for a, b in zip(held, _held(split_eval(ds, 0.1))))  # no seed involved
     held_all = set(np.concatenate(held).tolist())
     for weights in (None, [0.5, 0.5]):
         for seed in (1, 2):
-            plan, _ = _plan(ds, weights, seed=seed, split=0.1)
-            for epoch in range(3):
-                assert not held_all & set(plan.ids(epoch).tolist())
+            for shuffle in (True, False):
+                plan, _ = _plan(ds, weights, seed=seed, split=0.1, shuffle=shuffle)
+                for epoch in range(3):
+                    assert not held_all & set(plan.ids(epoch).tolist())
+    # Unweighted and unshuffled: every training sample once, in stored order.
+    plan, _ = _plan(ds, None, split=0.1, shuffle=False)
+    assert plan.ids(0).tolist() == sorted(set(range(len(ds))) - held_all)
     with pytest.raises(DataError, match="leaving nothing to train on"):
         split_eval(ds, 10_000)
 
@@ -113,7 +121,7 @@ def test_mixed_run_reports_the_mix_it_achieved_per_corpus(mixed_run, toy_corpora
     # After one mixture epoch, the tokens seen per corpus are exactly the plan's.
     ds = ShardDataset([toy_corpora["text"], toy_corpora["qa"]], names=["text", "qa"])
     plan, _ = _plan(ds, [0.3, 0.7], seed=7, split=0.1)
-    lengths, corpus = ds.lengths(), np.repeat([0, 1], np.diff(ds.corpus_offsets))
+    lengths, corpus = ds.sample_lengths(np.arange(len(ds))), np.repeat([0, 1], np.diff(ds.corpus_offsets))
     ids = plan.ids(0)
     planned = np.bincount(corpus[ids], weights=lengths[ids])
     assert [last["tokens_seen/text"], last["tokens_seen/qa"]] == planned.astype(int).tolist()
@@ -137,7 +145,7 @@ def manual_eval(ckpt, toy_corpora, split=0.1) -> np.ndarray:
     from llt.data.heldout import build_eval_set
 
     ds = ShardDataset([toy_corpora["text"], toy_corpora["qa"]], names=["text", "qa"])
-    eval_set = build_eval_set(ds, split_eval(ds, split)[1])
+    eval_set = build_eval_set(ds, split_eval(ds, split))
     model = AutoModelForCausalLM.from_pretrained(ckpt)
     model.eval()
     sums = np.zeros((2, 2))

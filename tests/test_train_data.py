@@ -138,3 +138,88 @@ def test_sampler_resume_yields_cheap_placeholders_then_the_exact_next_batches():
     got = list(s)
     assert got[:5] == [None] * 5 and got[5:] == want[5:]
     assert list(s) == want  # only the resumed epoch is shortened
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 4097])
+def test_permutation_is_a_seeded_bijection_with_an_inverse(n):
+    from llt.data.permutation import Permutation
+
+    p = Permutation(n, [3, 1])
+    values = p(np.arange(n))
+    assert sorted(values.tolist()) == list(range(n))
+    assert np.array_equal(p.inverse(values), np.arange(n))
+    assert np.array_equal(values, Permutation(n, [3, 1])(np.arange(n)))  # the key decides
+    if n >= 7:
+        assert not np.array_equal(values, Permutation(n, [3, 2])(np.arange(n)))
+        assert not np.array_equal(values, np.arange(n))
+    with pytest.raises(IndexError):
+        p(np.array([n]))
+
+
+def _peak_bytes(fn):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_ranks_memory_does_not_grow_with_the_number_of_samples(tmp_path):
+    """Two corpora of 1.5M samples: the held-out split, the weighted mix, a resumed
+    epoch's batches and the eval set cost under 2 bytes per sample (numpy's allocations
+    are traced; what they cost is a few MB of fixed-size temporaries)."""
+    from types import SimpleNamespace
+
+    from llt.data.run_data import build_data
+    from llt.shards.synthetic import write_synthetic_corpus
+
+    n = 1_500_000
+    for name in ("a", "b"):
+        write_synthetic_corpus(tmp_path / name, n, 2, 300, "fp", shard_samples=n // 2, seed=len(name))
+    for weights in ("", ":0.5"):
+        flags = SimpleNamespace(data_path=[f"{tmp_path / 'a'}{weights}", f"{tmp_path / 'b'}{weights}"],
+                                eval_data_path=None, eval_split=0.1, shuffle_data=True)
+        seen = {}
+
+        def run():
+            data = build_data(flags, seed=1)
+            s = EpochBatchSampler(data.plan, 8, world_size=2, rank=1, seed=1)
+            s.set_epoch(3)
+            s.resume_at(3, 100_000)
+            batches = iter(s)
+            for _ in range(100_000):
+                next(batches)
+            seen["batches"] = [next(batches) for _ in range(5)]
+            seen["eval"] = [data.eval_set[i]["input_ids"].tolist() for i in (0, len(data.eval_set) - 1)]
+            seen["eval_size"] = len(data.eval_set)
+
+        peak = _peak_bytes(run)
+        # The goal is 2 bytes a sample; one int64 array of the samples would be 8.
+        assert peak < 2 * (2 * n), f"{peak:,} bytes traced for {2 * n:,} samples"
+        assert seen["eval_size"] == 2 * n // 10 and all(len(b) == 8 for b in seen["batches"])
+
+
+def test_verification_memory_is_flat_in_the_number_of_samples(tmp_path):
+    from llt.shards.verify import verify_path
+    from llt.shards.synthetic import write_synthetic_corpus
+
+    write_synthetic_corpus(tmp_path / "big", 3_000_000, 2, 300, "fp", shard_samples=3_000_000)
+    problems = []
+    peak = _peak_bytes(lambda: problems.extend(verify_path(tmp_path / "big")))
+    assert problems == []
+    assert peak < 32 << 20, f"{peak:,} bytes to verify 3M samples"  # 8 bytes per sample would be 24 MB
+
+
+def test_a_checkpoint_of_the_earlier_sample_order_is_refused_with_the_reason(tmp_path):
+    from llt.errors import ConfigError
+    from llt.train.resume import RunShape, resume_position
+
+    now = RunShape(100, 1, 4, 1, True, 0, [], None)
+    saved = {k: v for k, v in now.recorded().items() if k != "order"}
+    saved.update(epoch=0, step=3, samples_seen_in_epoch=12)
+    with pytest.raises(ConfigError, match="sample order .*version 1.*--model_path"):
+        resume_position(tmp_path, saved, now, deepspeed=False)
+    assert resume_position(tmp_path, {**saved, "order": now.order}, now, deepspeed=False) == (0, 3)

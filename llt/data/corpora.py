@@ -13,13 +13,16 @@ Every choice comes from `(seed, corpus, pass)`: the samples of epoch e are the s
 every rank and on every run with the same flags, so a resume continues them exactly.
 Each corpus is read as an endless stream of shuffled passes over its samples, and epoch
 e takes stream positions [e*n_c, (e+1)*n_c): no sample is repeated within a corpus until
-all its samples have been used.
+all its samples have been used. Nothing here lists the samples: positions map to ids on
+demand (`EpochPlan.ids_at`), so memory grows with the number of corpora and held-out
+samples, not with the corpus (200M samples cost no more RAM than 1,000).
 
 The held-out split (`llt.data.heldout`) is taken out of each corpus before any of this.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -28,8 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from llt.data.dataset import corpus_name
+from llt.data.permutation import Permutation
 from llt.errors import DataError
 
+CHUNK = 1 << 16  # samples per step in O(samples) passes: a few MB of temporaries
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -104,52 +109,134 @@ def _split_entry(v: str, flag: str) -> tuple[str | None, str, float | None]:
     return name, v, weight
 
 
-class EpochPlan:
-    """The dataset indices each epoch trains on (before the sampler shuffles them).
+class SamplePool:
+    """The training samples of one corpus, addressed by rank `m` without listing them: the
+    corpus is dataset ids `[offset, offset + n)`, of which the first `held` values of the
+    fixed permutation `perm` are held out (`llt.data.heldout`).
+
+    `ids(m)` is sample `perm(held + m)`, O(1) each; `ids(m, ordered=True)` is the m-th
+    training sample in id order (for unshuffled runs), found through the count of held-out
+    samples per block of `BLOCK` ids (n / 4096 counts, built on first use) and one block's
+    membership test. Either way a pool holds no per-sample array.
 
     Examples:
-        >>> plan = EpochPlan([np.arange(10), np.arange(10, 14)], [np.full(10, 5), np.full(4, 5)])
+        >>> pool = SamplePool(100, 10, held=2, perm=Permutation(10, [7]))
+        >>> held, train = pool.held_ids(np.arange(2)), pool.ids(np.arange(8), ordered=True)
+        >>> sorted(held.tolist() + train.tolist()) == list(range(100, 110)), bool(np.all(np.diff(train) > 0))
+        (True, True)
+        >>> sorted(pool.ids(np.arange(8)).tolist()) == train.tolist()
+        True
+    """
+
+    BLOCK = 4096
+
+    def __init__(self, offset: int, n: int, held: int = 0, perm: Permutation | None = None):
+        if held and perm is None:
+            raise ValueError("a held-out split needs its permutation")
+        self.offset, self.n, self.held, self.perm = int(offset), int(n), int(held), perm
+        self.size = self.n - self.held
+        self._kept_before: np.ndarray | None = None  # training samples before each block
+
+    def held_ids(self, j: np.ndarray) -> np.ndarray:
+        """The dataset ids of held-out samples `j` (in `[0, held)`)."""
+        return self.offset + self.perm(j)
+
+    def ids(self, m: np.ndarray, ordered: bool = False) -> np.ndarray:
+        m = np.asarray(m, dtype=np.int64)
+        if not self.held:
+            return self.offset + m
+        if not ordered:
+            return self.offset + self.perm(self.held + m)
+        kept = self._kept()
+        block = np.searchsorted(kept, m, side="right") - 1
+        out = np.empty_like(m)
+        for b in np.unique(block):
+            sel = block == b
+            ids = np.arange(b * self.BLOCK, min((b + 1) * self.BLOCK, self.n), dtype=np.int64)
+            ids = ids[self.perm.inverse(ids) >= self.held]
+            out[sel] = ids[m[sel] - kept[b]]
+        return self.offset + out
+
+    def _kept(self) -> np.ndarray:
+        if self._kept_before is None:
+            blocks = -(-self.n // self.BLOCK)
+            held = np.zeros(blocks, dtype=np.int64)
+            for lo in range(0, self.held, CHUNK):
+                ids = self.perm(np.arange(lo, min(lo + CHUNK, self.held)))
+                held += np.bincount(ids // self.BLOCK, minlength=blocks)
+            sizes = np.minimum(self.BLOCK, self.n - np.arange(blocks) * self.BLOCK)
+            self._kept_before = np.concatenate([[0], np.cumsum(sizes - held)]).astype(np.int64)
+        return self._kept_before
+
+
+@functools.lru_cache(maxsize=64)
+def permutation(n: int, key: tuple) -> Permutation:
+    """The `Permutation` for (n, key), built once: a resumed or long epoch asks for it per batch."""
+    return Permutation(n, list(key))
+
+
+class EpochPlan:
+    """The dataset ids each epoch trains on, before the sampler shuffles them: position q of
+    epoch e maps to an id by `ids_at(e, q)`, in O(len(q)) time and memory.
+
+    Without weights, an epoch is every pool's samples, corpus after corpus. With weights,
+    corpus c fills `counts[c]` positions from its endless stream of shuffled passes.
+
+    Examples:
+        >>> plan = EpochPlan([SamplePool(0, 10), SamplePool(10, 4)], [50, 20])
         >>> plan.size, sorted(plan.ids(0).tolist()) == list(range(14))
         (14, True)
-        >>> up = EpochPlan([np.arange(10), np.arange(10, 14)], [np.full(10, 5), np.full(4, 5)],
-        ...                weights=[0.5, 0.5], seed=1)
+        >>> up = EpochPlan([SamplePool(0, 10), SamplePool(10, 4)], [50, 20], weights=[0.5, 0.5], seed=1)
         >>> up.counts                                  # 70 tokens: 35 from each
         [7, 7]
         >>> ids = up.ids(0); int((ids >= 10).sum())     # 4 small-corpus samples, 3 of them twice
         7
     """
 
-    def __init__(self, ids: list[np.ndarray], lengths: list[np.ndarray], weights: list[float] | None = None,
+    def __init__(self, pools: list[SamplePool], tokens: list[int], weights: list[float] | None = None,
                  seed: int = 42, shuffle: bool = True, names: list[str] | None = None):
-        self.corpus_ids = [np.asarray(i, dtype=np.int64) for i in ids]
-        self.names = names or [str(c) for c in range(len(ids))]
+        self.pools = pools
+        self.names = names or [str(c) for c in range(len(pools))]
         self.seed, self.shuffle, self.weights = seed, shuffle, weights
-        self.tokens = [int(np.asarray(n).sum()) for n in lengths]
-        self.mean_len = [t / max(len(i), 1) for t, i in zip(self.tokens, self.corpus_ids)]
-        for name, i in zip(self.names, self.corpus_ids):
-            if len(i) == 0:
+        self.tokens = [int(t) for t in tokens]
+        self.mean_len = [t / max(p.size, 1) for t, p in zip(self.tokens, pools)]
+        for name, pool in zip(self.names, pools):
+            if pool.size == 0:
                 raise DataError(f"--data_path {name}: no samples left to train on")
         if weights is None:
-            self.counts = [len(i) for i in self.corpus_ids]
+            self.counts = [p.size for p in pools]
         else:
             total, wsum = sum(self.tokens), sum(weights)
             self.counts = [max(1, round(total * w / wsum / m)) for w, m in zip(weights, self.mean_len)]
-        self.size = sum(self.counts)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.size = int(self.starts[-1])
+
+    def ids_at(self, epoch: int, q: np.ndarray) -> np.ndarray:
+        """The dataset ids at positions `q` (in `[0, size)`) of epoch `epoch`."""
+        q = np.asarray(q, dtype=np.int64)
+        corpus = np.searchsorted(self.starts, q, side="right") - 1
+        out = np.empty_like(q)
+        for c in np.unique(corpus):
+            sel = corpus == c
+            m = q[sel] - self.starts[c]
+            if self.weights is not None:
+                m = self._stream(int(c), epoch * self.counts[c] + m)
+            out[sel] = self.pools[c].ids(m, ordered=not self.shuffle)
+        return out
 
     def ids(self, epoch: int) -> np.ndarray:
-        if self.weights is None:
-            return np.concatenate(self.corpus_ids)
-        return np.concatenate([self._stream(c, epoch * n, (epoch + 1) * n) for c, n in enumerate(self.counts)])
+        """Every id of epoch `epoch` in plan order (O(size): for tools and tests)."""
+        return self.ids_at(epoch, np.arange(self.size))
 
-    def _stream(self, c: int, lo: int, hi: int) -> np.ndarray:
-        """Positions [lo, hi) of corpus c's endless stream of shuffled passes."""
-        ids, n = self.corpus_ids[c], len(self.corpus_ids[c])
-        out = []
-        for p in range(lo // n, (hi - 1) // n + 1):
-            order = np.random.default_rng([self.seed, c, p]).permutation(n) if self.shuffle else np.arange(n)
-            a, b = max(lo - p * n, 0), min(hi - p * n, n)
-            out.append(ids[order[a:b]])
-        return np.concatenate(out)
+    def _stream(self, c: int, s: np.ndarray) -> np.ndarray:
+        """Positions `s` of corpus c's endless stream of passes, as ranks in its pool."""
+        n = self.pools[c].size
+        passes, m = s // n, s % n
+        if self.shuffle:
+            for p in np.unique(passes):
+                sel = passes == p
+                m[sel] = permutation(n, (self.seed, c, int(p)))(m[sel])
+        return m
 
     def identity(self) -> dict:
         """What a checkpoint stores so that a resume uses the same plan."""
@@ -159,8 +246,8 @@ class EpochPlan:
         """Per corpus: samples available, samples and expected tokens per epoch, and share."""
         expected = [n * m for n, m in zip(self.counts, self.mean_len)]
         total = sum(expected)
-        return [{"name": name, "samples": len(i), "tokens": t, "weight": w,
+        return [{"name": name, "samples": i, "tokens": t, "weight": w,
                  "samples_per_epoch": n, "tokens_per_epoch": round(e), "share": round(e / total, 4),
-                 "passes_per_epoch": round(n / len(i), 3)}
-                for name, i, t, n, e, w in zip(self.names, self.corpus_ids, self.tokens, self.counts, expected,
+                 "passes_per_epoch": round(n / i, 3)}
+                for name, i, t, n, e, w in zip(self.names, [p.size for p in self.pools], self.tokens, self.counts, expected,
                                                self.weights or [None] * len(self.names))]

@@ -82,10 +82,6 @@ class ShardDataset(torch.utils.data.Dataset):
     def n_corpora(self) -> int:
         return len(self.names)
 
-    def corpus_ids(self, c: int) -> np.ndarray:
-        """The dataset indices of corpus `c`'s samples."""
-        return np.arange(self.corpus_offsets[c], self.corpus_offsets[c + 1], dtype=np.int64)
-
     @property
     def fingerprint(self) -> str | None:
         return self.headers[0].get("tokenizer_fingerprint")
@@ -103,9 +99,22 @@ class ShardDataset(torch.utils.data.Dataset):
     def n_tokens(self) -> int:
         return sum(h["n_tokens"] for h in self.headers)
 
-    def lengths(self) -> np.ndarray:
-        """Every sample's length in tokens, in dataset order."""
-        return np.concatenate([r.lengths for r in self.readers])
+    def corpus_tokens(self, c: int) -> int:
+        """Tokens in corpus `c`, from its shards' headers."""
+        return sum(h["n_tokens"] for h, k in zip(self.headers, self.shard_corpus) if k == c)
+
+    def sample_lengths(self, ids) -> np.ndarray:
+        """The lengths in tokens of samples `ids`, read from the memory-mapped offsets (no
+        array of every sample's length is ever built)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        shard = np.searchsorted(self.offsets, ids, side="right") - 1
+        out = np.empty(len(ids), dtype=np.int64)
+        for s in np.unique(shard):
+            sel = shard == s
+            j = ids[sel] - self.offsets[s]
+            offsets = self.readers[s].sample_offsets
+            out[sel] = offsets[j + 1].astype(np.int64) - offsets[j].astype(np.int64)
+        return out
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

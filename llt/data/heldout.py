@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from llt.data.corpora import CHUNK, SamplePool
+from llt.data.permutation import Permutation
 from llt.errors import DataError
 
 EVAL_SEED = 20260  # the held-out split's seed: fixed so every run holds out the same samples
@@ -38,31 +40,30 @@ def eval_split_sizes(counts: list[int], split: float) -> list[int]:
     return sizes
 
 
-def split_eval(dataset, split: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(train ids, held-out ids) per corpus of `dataset`, both sorted."""
+def split_eval(dataset, split: float) -> list[SamplePool]:
+    """The training pool of each corpus of `dataset`, its held-out samples being the first
+    k values of a fixed permutation of the corpus (no array of them is built)."""
     counts = [int(dataset.corpus_offsets[c + 1] - dataset.corpus_offsets[c]) for c in range(dataset.n_corpora)]
-    train, held = [], []
-    for c, k in enumerate(eval_split_sizes(counts, split)):
-        ids = dataset.corpus_ids(c)
-        pick = np.zeros(len(ids), dtype=bool)
-        if k:
-            pick[np.random.default_rng([EVAL_SEED, c]).permutation(len(ids))[:k]] = True
-        train.append(ids[~pick])
-        held.append(ids[pick])
-    return train, held
+    return [SamplePool(int(dataset.corpus_offsets[c]), n, k, Permutation(n, [EVAL_SEED, c]))
+            for c, (n, k) in enumerate(zip(counts, eval_split_sizes(counts, split)))]
+
+
+def held_tokens(dataset, pool: SamplePool) -> int:
+    """Tokens in a pool's held-out samples, read in blocks from the memory-mapped offsets."""
+    return sum(int(dataset.sample_lengths(pool.held_ids(np.arange(lo, min(lo + CHUNK, pool.held)))).sum())
+               for lo in range(0, pool.held, CHUNK))
 
 
 class EvalView:
     """Held-out samples from one or more datasets as one indexable set, each sample's
     `corpus` renumbered to its eval group (`names`). Negative indices are fillers, as in
-    `ShardDataset`."""
+    `ShardDataset`. A source is (dataset, count, ids, groups): `ids(j)` maps the source's
+    j-th sample to a dataset id, so no list of held-out ids is kept."""
 
     def __init__(self, sources: list[tuple], names: list[str]):
-        # sources: (dataset, ids, group of each of the dataset's corpora)
-        self.sources = [(ds, np.asarray(ids, dtype=np.int64), list(groups)) for ds, ids, groups in sources
-                        if len(ids)]
+        self.sources = [s for s in sources if s[1]]
         self.names = names
-        self.offsets = np.concatenate([[0], np.cumsum([len(ids) for _, ids, _ in self.sources])]).astype(np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum([s[1] for s in self.sources])]).astype(np.int64)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -71,21 +72,21 @@ class EvalView:
         filler = i < 0
         j = ~i if filler else i
         s = int(np.searchsorted(self.offsets, j, side="right")) - 1
-        ds, ids, groups = self.sources[s]
-        k = int(ids[j - self.offsets[s]])
+        ds, _, ids, groups = self.sources[s]
+        k = int(ids(np.array([j - self.offsets[s]]))[0])
         sample = ds[~k if filler else k]
         sample["corpus"] = groups[sample["corpus"]]
         return sample
 
 
-def build_eval_set(train, train_held: list[np.ndarray], eval_data=None) -> EvalView | None:
+def build_eval_set(train, pools: list[SamplePool], eval_data=None) -> EvalView | None:
     """The eval samples: the held-out split of `train` (groups named like its corpora) and
     every sample of `eval_data` (another dataset, from --eval_data_path)."""
-    names = [train.names[c] for c, ids in enumerate(train_held) if len(ids)]
+    names = [train.names[c] for c, pool in enumerate(pools) if pool.held]
     sources = []
     if names:
         groups = [names.index(n) if n in names else 0 for n in train.names]
-        sources.append((train, np.concatenate(train_held), groups))
+        sources += [(train, pool.held, pool.held_ids, groups) for pool in pools if pool.held]
     if eval_data is not None:
         overlap = set(map(str, train.paths)) & set(map(str, eval_data.paths))
         if overlap:
@@ -96,5 +97,5 @@ def build_eval_set(train, train_held: list[np.ndarray], eval_data=None) -> EvalV
             name = n if n not in names else f"{n}.eval"
             names.append(name)
             groups.append(len(names) - 1)
-        sources.append((eval_data, np.arange(len(eval_data)), groups))
+        sources.append((eval_data, len(eval_data), lambda j: np.asarray(j, dtype=np.int64), groups))
     return EvalView(sources, names) if sources else None

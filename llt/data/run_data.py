@@ -9,7 +9,7 @@ from pathlib import Path
 
 from llt.data.corpora import CorpusSpec, EpochPlan, parse_corpora
 from llt.data.dataset import ShardDataset
-from llt.data.heldout import EvalView, build_eval_set, split_eval
+from llt.data.heldout import EvalView, build_eval_set, held_tokens, split_eval
 from llt.errors import DataError
 from llt.shards.manifest import MANIFEST
 
@@ -66,15 +66,15 @@ def build_data(data_args, seed: int) -> RunData:
     dataset = ShardDataset([s.path for s in specs], names=[s.name for s in specs])
     if data_args.eval_split < 0:
         raise DataError(f"--eval_split {data_args.eval_split}: must be 0 or more")
-    train_ids, held = split_eval(dataset, data_args.eval_split)
-    lengths = dataset.lengths()
+    pools = split_eval(dataset, data_args.eval_split)
+    # Training tokens per corpus: the headers' counts less the held-out samples' lengths.
+    tokens = [dataset.corpus_tokens(c) - held_tokens(dataset, pool) for c, pool in enumerate(pools)]
     weights = [s.weight for s in specs] if specs[0].weight is not None else None
-    plan = EpochPlan(train_ids, [lengths[i] for i in train_ids], weights, seed=seed,
-                     shuffle=data_args.shuffle_data, names=dataset.names)
+    plan = EpochPlan(pools, tokens, weights, seed=seed, shuffle=data_args.shuffle_data, names=dataset.names)
     eval_data = None
     if eval_specs:
         eval_data = ShardDataset([s.path for s in eval_specs], names=[s.name for s in eval_specs])
         if eval_data.fingerprint != dataset.fingerprint:
             raise DataError(f"--eval_data_path {eval_specs[0].path}: encoded with a different tokenizer "
                             "than --data_path")
-    return RunData(dataset, plan, build_eval_set(dataset, held, eval_data), specs)
+    return RunData(dataset, plan, build_eval_set(dataset, pools, eval_data), specs)

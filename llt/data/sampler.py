@@ -6,6 +6,10 @@ samples, never on the number of processes. Micro-step k of an epoch takes the ne
 of them starting at r. So every sample is trained exactly once per epoch, and the
 position `(epoch, step)` saved with a checkpoint says where to go on.
 
+The order is drawn a micro-batch at a time from a seeded bijection of the epoch's
+positions (`llt.data.permutation`), mapped to dataset ids by the epoch plan: nothing the
+size of the corpus is built, so a rank's memory and start-up do not grow with it.
+
 At the end of an epoch, a rank left without a sample gets a filler (`~i`: a sample
 whose labels are all -100): every rank must run the same number of steps or the
 gradient all-reduce hangs, and the filler adds nothing to the loss or the gradients.
@@ -17,6 +21,13 @@ import itertools
 import math
 
 import numpy as np
+
+from llt.data.corpora import permutation
+
+# The sample order's version, recorded in checkpoints: 2 draws it from a seeded bijection
+# per batch; 1 (llt before it) from a permutation array per epoch. A checkpoint of
+# another version cannot continue its order exactly and is refused on resume.
+ORDER_VERSION = 2
 
 
 class EpochBatchSampler:
@@ -63,15 +74,19 @@ class EpochBatchSampler:
     def resume_at(self, epoch: int, step: int) -> None:
         self._resume = (int(epoch), int(step))
 
-    def order(self, epoch: int) -> np.ndarray:
-        """The global sample order of `epoch`, the same on every rank."""
-        ids = np.arange(self.n, dtype=np.int64) if self.plan is None else self.plan.ids(epoch)
-        if not self.shuffle:
-            return ids
-        return ids[np.random.default_rng([self.seed, epoch]).permutation(self.n)]
+    def positions(self, epoch: int, step: int) -> np.ndarray:
+        """The dataset ids of micro-step `step` of `epoch`, all ranks' (the global batch)."""
+        q = np.arange(step * self.global_batch, min((step + 1) * self.global_batch, self.n), dtype=np.int64)
+        if self.shuffle:
+            q = permutation(self.n, (self.seed, epoch))(q)
+        return q if self.plan is None else self.plan.ids_at(epoch, q)
 
-    def rank_batch(self, order: np.ndarray, step: int) -> list[int]:
-        chunk = order[step * self.global_batch:(step + 1) * self.global_batch]
+    def order(self, epoch: int) -> np.ndarray:
+        """The global sample order of `epoch`, the same on every rank (O(n): for tools and
+        tests; training asks `positions` one step at a time)."""
+        return np.concatenate([self.positions(epoch, step) for step in range(len(self))])
+
+    def rank_batch(self, chunk: np.ndarray) -> list[int]:
         mine = chunk[self.rank::self.world_size]
         if len(mine) == 0:
             return [~int(chunk[0])]
@@ -83,13 +98,12 @@ class EpochBatchSampler:
             start = self._resume[1]
             self._resume = None
             yield from itertools.repeat(None, start)
-        order = self.order(epoch)
         for step in range(start, len(self)):
-            yield self.rank_batch(order, step)
+            yield self.rank_batch(self.positions(epoch, step))
 
     def state(self, epoch: int, step: int) -> dict:
         """What a checkpoint stores to resume the data exactly."""
         return {"epoch": epoch, "step": step, "samples_seen_in_epoch": min(step * self.global_batch, self.n),
                 "n_samples": self.n, "batch_size": self.batch_size, "world_size": self.world_size,
-                "shuffle": self.shuffle, "seed": self.seed,
+                "shuffle": self.shuffle, "seed": self.seed, "order": ORDER_VERSION,
                 "plan": self.plan.identity() if self.plan is not None else None}

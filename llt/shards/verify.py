@@ -20,7 +20,8 @@ from llt.shards.format import ShardFormatError, file_xxh3
 from llt.shards.manifest import MANIFEST, find_corpora, find_shards, read_manifest
 from llt.shards.reader import ShardReader
 
-_CHUNK = 1 << 24  # tokens per step when scanning a .bin: 64 MB of uint32
+_CHUNK = 1 << 24  # tokens per step when scanning a .bin (a view of the map: nothing copied)
+_SAMPLES = 1 << 18  # samples per step when checking the index arrays: ~15 MB of temporaries
 
 
 @dataclass
@@ -49,39 +50,51 @@ def targets(path: Path) -> list[Target]:
 
 
 def check_shard(r: ShardReader, vocab_size: int | None = None) -> list[str]:
-    """Structural and id-range checks of one shard; returns the problems found."""
+    """Structural and id-range checks of one shard; returns the problems found. Reads the
+    arrays in blocks of samples, so memory stays flat whatever the shard's size."""
     problems = []
     name = r.idx_path.name
     n = len(r)
-    so = r.sample_offsets
-    if n and np.any(np.diff(so.astype(np.int64)) < 0):
-        problems.append(f"{name}: sample offsets go backwards")
-    lengths = r.lengths
-    for kind, off_name, val_name in (("document", "doc_offsets", "doc_starts"),
-                                     ("loss span", "span_offsets", "spans")):
-        if off_name not in r.header["arrays"]:
-            continue
-        offs, vals = r.array(off_name).astype(np.int64), r.array(val_name).astype(np.int64)
-        width = 2 if val_name == "spans" else 1
-        if len(offs) != n + 1 or np.any(np.diff(offs) < 0) or offs[-1] * width != len(vals):
+    arrays = [(kind, r.array(o), r.array(v), 2 if v == "spans" else 1)
+              for kind, o, v in (("document", "doc_offsets", "doc_starts"), ("loss span", "span_offsets", "spans"))
+              if o in r.header["arrays"]]
+    for kind, offs, vals, width in arrays:
+        if len(offs) != n + 1 or int(offs[-1]) * width != len(vals):
             problems.append(f"{name}: {kind} offsets are inconsistent")
-            continue
-        owner = np.repeat(np.arange(n), np.diff(offs))
-        if val_name == "spans":
-            spans = vals.reshape(-1, 2)
-            bad = (spans[:, 0] >= spans[:, 1]) | (spans[:, 1] > lengths[owner])
-        else:
-            bad = vals >= np.maximum(lengths[owner], 1)
-        if bad.any():
-            problems.append(f"{name}: {int(bad.sum())} {kind}(s) outside their sample, "
-                            f"first in sample {int(owner[np.argmax(bad)])}")
+    if problems:
+        return problems
+    found: dict[str, str] = {}
+    for lo in range(0, n, _SAMPLES):
+        hi = min(lo + _SAMPLES, n)
+        lengths = np.diff(r.sample_offsets[lo:hi + 1].astype(np.int64))
+        if "offsets" not in found and np.any(lengths < 0):
+            found["offsets"] = f"{name}: sample offsets go backwards (sample {lo + int(np.argmax(lengths < 0))})"
+        for kind, offs, vals, width in arrays:
+            if kind in found:
+                continue
+            block = offs[lo:hi + 1].astype(np.int64)
+            counts = np.diff(block)
+            if np.any(counts < 0):
+                found[kind] = f"{name}: {kind} offsets are inconsistent"
+                continue
+            owner = np.repeat(np.arange(hi - lo), counts)
+            v = vals[block[0] * width:block[-1] * width].astype(np.int64)
+            if width == 2:
+                v = v.reshape(-1, 2)
+                bad = (v[:, 0] >= v[:, 1]) | (v[:, 1] > lengths[owner])
+            else:
+                bad = v >= np.maximum(lengths[owner], 1)
+            if bad.any():
+                found[kind] = (f"{name}: {kind}(s) outside their sample, first in sample "
+                               f"{lo + int(owner[np.argmax(bad)])}")
+    problems += found.values()
     limit = vocab_size or r.vocab_size
     tokens = r.token_array
     for lo in range(0, len(tokens), _CHUNK):
         chunk = tokens[lo:lo + _CHUNK]
         if len(chunk) and int(chunk.max()) >= limit:
             pos = lo + int(np.argmax(chunk >= limit))
-            sample = int(np.searchsorted(so, pos, side="right") - 1)
+            sample = int(np.searchsorted(r.sample_offsets, pos, side="right") - 1)
             problems.append(f"{r.bin_path.name}: token id {int(tokens[pos])} at position {pos:,} "
                             f"(sample {sample}) is not below the vocabulary size {limit:,}")
             break

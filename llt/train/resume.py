@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from llt.data.sampler import ORDER_VERSION
 from llt.errors import ConfigError
 
 log = logging.getLogger("llt")
@@ -24,7 +25,7 @@ FLAGS = {"n_samples": "--data_path/--eval_split", "data": "--data_path",
          "plan": "--data_path corpora or weights", "world_size": "the number of processes",
          "batch_size": "--per_device_train_batch_size",
          "gradient_accumulation_steps": "--gradient_accumulation_steps",
-         "shuffle": "--shuffle_data", "seed": "--seed/--data_seed"}
+         "shuffle": "--shuffle_data", "seed": "--seed/--data_seed", "order": "llt's sample order"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class RunShape:
     seed: int
     data: list  # `data_identity` of the training shards
     plan: dict | None  # the mixture plan's identity
+    order: int = ORDER_VERSION  # how the sample order is drawn (`llt.data.sampler`)
 
     def recorded(self) -> dict:
         return {k: getattr(self, k) for k in FLAGS}
@@ -92,6 +94,12 @@ def changed_since(saved: dict, now: RunShape) -> list[str]:
     out = []
     for key, value in now.recorded().items():
         if key == "world_size" or saved.get(key) == value or (key == "plan" and "plan" not in saved):
+            continue
+        if key == "order":
+            out.append(f"llt's sample order (the checkpoint's is version {saved.get(key, 1)}, from an llt "
+                       f"that shuffled with a permutation array per epoch; this llt draws version {value} "
+                       "without one, so the rest of the epoch would differ); finish the run with the llt "
+                       "that saved it, or start a new run from its weights with --model_path")
             continue
         out.append("--data_path (the shards differ)" if key == "data"
                    else f"{FLAGS[key]} ({saved.get(key)!r} -> {value!r})")
