@@ -108,7 +108,7 @@ def test_strict_makes_empty_records_fatal(tmp_path, tiny_tok_dir):
 
 
 def test_bad_flags(tmp_path):
-    with pytest.raises(LltError, match="--data_loader_path FILE.py or --input_path"):
+    with pytest.raises(LltError, match="--data_loader_path FILE.py, --input_path FILE... or --dataset NAME"):
         EncodeArgs(tokenizer_path="t", output_path="o", corpus_name="c")
     with pytest.raises(LltError, match="--max_length must be positive"):
         EncodeArgs(tokenizer_path="t", output_path="o", corpus_name="c", input_path=["x"], max_length=0)

@@ -2,6 +2,7 @@
 
 In the order data flows through them: `config` (`EncodeArgs`, every flag), `sources`
 (records from JSONL/JSON/Parquet/CSV files, HF `datasets` folders or a `data_loader.py`),
+`hub` (`--dataset` through `datasets.load_dataset`, streamed or not, and fsspec URLs),
 `tokenizer_info` (what the shards record about the tokenizer), `samples` (records ->
 samples: pretrain, qa, chat), `packing` (`--merge_data`), `sink` (a worker's rolling
 shard output), `worker` (one encoder process), `job` (start workers, collect, finish) and

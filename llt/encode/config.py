@@ -30,7 +30,17 @@ class EncodeArgs:
         "(pretrain), `{\"q\": str, \"a\": str}` (qa) or `{\"messages\": [...]}` (chat)."))
     input_path: list[str] = field(default_factory=list, **_help(
         "Data files or folders: .jsonl/.json/.parquet/.csv/.tsv, or a HF `datasets` folder "
-        "saved with save_to_disk. Several may be given."))
+        "saved with save_to_disk. Several may be given. fsspec URLs (s3://, gs://, hf://, "
+        "file://; globs allowed) are read through `datasets` where the filesystem package is installed."))
+    dataset: str | None = field(default=None, **_help(
+        "Read with datasets.load_dataset: a Hub dataset id, a local folder laid out like a Hub "
+        "dataset repository, or a builder name (json, parquet, csv, text) with --data_files."))
+    dataset_config: str | None = field(default=None, **_help("The --dataset configuration (subset) name."))
+    data_files: list[str] = field(default_factory=list, **_help("Data files (or globs) for --dataset."))
+    revision: str | None = field(default=None, **_help("The --dataset revision: a branch, tag or commit."))
+    streaming: bool = field(default=False, **_help(
+        "Stream --dataset (and URL inputs) instead of preparing it in the datasets cache; the "
+        "workers split it by the dataset's own shards (files)."))
     encode_type: Literal["pretrain", "qa", "chat"] = field(default="pretrain", **_help(
         "pretrain: text, loss on every token; qa: question/answer pairs, loss on the answer "
         "and EOS; chat: multi-turn `messages`, loss on assistant turns."))
@@ -52,7 +62,7 @@ class EncodeArgs:
     a_field: str = field(default="a", **_help("Field holding the answer (qa)."))
     messages_field: str = field(default="messages", **_help(
         "Field holding the list of {role, content} messages (chat)."))
-    split: str = field(default="train", **_help("Split to read from a HF DatasetDict folder."))
+    split: str = field(default="train", **_help("Split to read from --dataset or a HF DatasetDict folder."))
     qa_template: Literal["plain", "chat"] = field(default="plain", **_help(
         "plain: question ids + answer ids + EOS (the seed's format); chat: render each pair "
         "as a user/assistant conversation with the tokenizer's chat template."))
@@ -73,8 +83,10 @@ class EncodeArgs:
         return self.encode_type == "chat" or (self.encode_type == "qa" and self.qa_template == "chat")
 
     def __post_init__(self) -> None:
-        if not self.data_loader_path and not self.input_path:
-            raise LltError("give the data with --data_loader_path FILE.py or --input_path FILE...")
+        if not self.data_loader_path and not self.input_path and not self.dataset:
+            raise LltError("give the data with --data_loader_path FILE.py, --input_path FILE... or --dataset NAME")
+        if (self.data_files or self.dataset_config or self.revision) and not self.dataset:
+            raise LltError("--data_files, --dataset_config and --revision apply to --dataset; give it")
         if self.max_length < 1:
             raise LltError(f"--max_length must be positive, got {self.max_length}")
         if self.tokens_per_file < 1:

@@ -91,7 +91,12 @@ def start_workers(args: EncodeArgs) -> _Run:
     tmp_dir.mkdir(parents=True)
 
     n_workers = args.num_workers or _available_cores()
-    groups = plan_parts([i for i in inputs if i[0] in ("jsonl", "parquet", "hf")], n_workers, args.split)
+    loaded, streams = hub_parts(args, inputs, n_workers)
+    groups = plan_parts([i for i in inputs if i[0] in ("jsonl", "parquet", "hf")], n_workers, args.split, loaded)
+    for i, part in enumerate(streams):  # one stream shard a worker, in order
+        if i >= len(groups):
+            groups.append([])
+        groups[i].append(part)
     streamed = bool(args.data_loader_path) or any(i[0] in ("json", "csv", "tsv") for i in inputs)
     n_procs = n_workers if streamed else max(1, len(groups))
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
@@ -115,6 +120,22 @@ def start_workers(args: EncodeArgs) -> _Run:
         gc.unfreeze()
         worker.INHERITED_TOKENIZER = None
     return _Run(args, info, dtype, corpus_dir, old, procs, inboxes, results, progress, streamed, inputs, t0)
+
+
+def hub_parts(args: EncodeArgs, inputs: list[tuple[str, str]], workers: int) -> tuple[list, list]:
+    """The parts of `--dataset` and of URL inputs: row ranges to share out, and streams."""
+    from llt.encode.hub import DatasetSpec, dataset_parts, url_spec
+
+    specs = [url_spec(path, args.split, args.streaming) for kind, path in inputs if kind == "url"]
+    if args.dataset:
+        specs.append(DatasetSpec(args.dataset, args.dataset_config, args.split, args.revision,
+                                 tuple(args.data_files), args.streaming))
+    loaded, streams = [], []
+    for spec in specs:
+        units, parts = dataset_parts(spec, workers)
+        loaded += units
+        streams += parts
+    return loaded, streams
 
 
 def collect(run: _Run, progress_bar: bool = True) -> dict[int, tuple]:

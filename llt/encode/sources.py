@@ -39,11 +39,12 @@ class Part:
     """A contiguous slice of one split input: bytes [start, end) of a JSONL file, row
     groups [start, end) of a Parquet file, or rows [start, end) of a HF dataset."""
 
-    kind: str  # "jsonl" | "parquet" | "hf"
+    kind: str  # "jsonl" | "parquet" | "hf" | "dataset" | "stream" (llt.encode.hub)
     path: str
     start: int
     end: int
     split: str | None = None  # HF DatasetDict split
+    dataset: object = None  # kinds "dataset" and "stream": the `llt.encode.hub.DatasetSpec`
 
 
 # ---------------------------------------------------------------------- discovery
@@ -65,6 +66,9 @@ def find_inputs(paths: list[str]) -> list[tuple[str, str]]:
     """Expand `--input_path` values into (kind, path) pairs, in a stable order."""
     found = []
     for raw in paths:
+        if "://" in raw:
+            found.append(("url", raw))  # read through datasets + fsspec (llt.encode.hub)
+            continue
         p = Path(raw)
         if _is_hf_folder(p):
             found.append(("hf", str(p)))
@@ -107,7 +111,8 @@ def _hf_dataset(path: str, split: str | None):
     return ds
 
 
-def plan_parts(inputs: list[tuple[str, str]], workers: int, split: str | None) -> list[list[Part]]:
+def plan_parts(inputs: list[tuple[str, str]], workers: int, split: str | None,
+               extra: list[tuple[Part, float]] = ()) -> list[list[Part]]:
     """Cut the split inputs into `workers` contiguous groups of about equal weight.
 
     Weight is bytes for JSONL, compressed bytes for Parquet row groups, rows for HF
@@ -129,6 +134,7 @@ def plan_parts(inputs: list[tuple[str, str]], workers: int, split: str | None) -
             n = len(_hf_dataset(path, split))
             if n:
                 units.append((Part("hf", path, 0, n, split), float(n)))
+    units += extra  # row ranges of --dataset / URL inputs (llt.encode.hub)
     total = sum(w for _, w in units)
     groups: list[list[Part]] = [[] for _ in range(workers)]
     target, g, acc = total / workers, 0, 0.0
@@ -145,8 +151,8 @@ def plan_parts(inputs: list[tuple[str, str]], workers: int, split: str | None) -
                 continue
             # Cut this unit where the current worker's share ends.
             cut = part.start + max(1, int((part.end - part.start) * room / weight))
-            head, tail = Part(part.kind, part.path, part.start, cut, part.split), \
-                Part(part.kind, part.path, cut, part.end, part.split)
+            head, tail = Part(part.kind, part.path, part.start, cut, part.split, part.dataset), \
+                Part(part.kind, part.path, cut, part.end, part.split, part.dataset)
             head_w = weight * (cut - part.start) / (part.end - part.start)
             groups[g].append(head)
             acc += head_w

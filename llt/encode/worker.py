@@ -13,6 +13,7 @@ from pathlib import Path
 from llt.encode.config import EncodeArgs
 from llt.encode.samples import Fields, SampleBuilder
 from llt.encode.sink import ShardSink
+from llt.encode.hub import dataset_batches
 from llt.encode.sources import Part, part_batches
 from llt.encode.tokenizer_info import TokenizerInfo
 from llt.errors import LltError
@@ -80,7 +81,8 @@ def encode_worker(k: int, job: WorkerJob, inbox, results, progress) -> None:
             progress[k] = sink.stats.tokens + (sink.packer.pending_tokens if sink.packer else 0)
 
         for part in job.parts:
-            for records, where in part_batches(part, args.batch_size, columns):
+            read = dataset_batches if part.kind in ("dataset", "stream") else part_batches
+            for records, where in read(part, args.batch_size, columns):
                 feed(records, where)
         while inbox is not None:
             try:
