@@ -361,3 +361,19 @@ def test_held_out_data_turns_evaluation_on_at_parse_time_unless_told_otherwise(t
     assert args.eval_strategy.value == "no" and args.metric_for_best_model is None
     with pytest.raises(ConfigError, match="--eval_strategy steps: no held-out data"):
         parse_args(base + ["--eval_strategy", "steps"])
+
+
+def test_two_lora_runs_with_the_same_seed_start_from_the_same_adapter(tmp_path, tiny_model_dir, toy_corpora):
+    """LoRA's A matrices are drawn while the model is built, before HF's Trainer seeds; llt
+    seeds first, so the same --seed gives the same run (it did not: step 2 differed)."""
+    from safetensors.torch import load_file
+
+    weights = []
+    for name in ("a", "b", "c"):
+        seed = "7" if name != "c" else "8"
+        assert train(_args(tiny_model_dir, toy_corpora["qa_packed"], tmp_path / name, "--use_lora",
+                           "--max_steps", "2", "--seed", seed)) == 0
+        weights.append(load_file(str(run_folder(tmp_path / name) / "checkpoint-2" / "adapter_model.safetensors")))
+    a, b, c = weights
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

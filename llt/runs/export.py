@@ -24,7 +24,7 @@ import torch
 
 from llt.errors import CheckpointError
 from llt.fsutil import replace_dir
-from llt.runs.load import Loaded, load_checkpoint
+from llt.runs.load import Loaded, grow_for_tokenizer, load_checkpoint
 
 EXPORT_INFO = "llt_export.json"
 
@@ -53,6 +53,9 @@ def export(src: str, out: str | Path, dtype: str = "auto", merge: bool = True, b
         pass
     if check:
         info["check_max_abs_logit_diff"] = compare_logits(loaded, staging)
+        quantized = quantized_base_diff(loaded) if merge and loaded.kind == "lora" else None
+        if quantized is not None:
+            info["check_quantized_base"], info["check_quantized_logit_diff"] = quantized
     (staging / EXPORT_INFO).write_text(json.dumps(info, indent=1))
     replace_dir(staging, out, trash=out.parent / f".{out.name}.replaced")
     info["files"] = sorted(p.name for p in out.iterdir())
@@ -87,6 +90,38 @@ def compare_logits(loaded: Loaded, folder: Path) -> float:
     return diff
 
 
+@torch.no_grad()
+def quantized_base_diff(loaded: Loaded) -> tuple[str, float] | None:
+    """For a QLoRA run: max |logit difference| between the merged export (full-precision
+    base + adapter) and what training saw (the adapter on the quantized base). Not zero:
+    the merge removes the quantization error from the base weights; printed, not judged."""
+    from types import SimpleNamespace
+
+    from llt.runs.folder import run_config
+
+    cfg = run_config(loaded.checkpoint)
+    flags = cfg.get("model_args", {})
+    if not (flags.get("load_in_4bit") or flags.get("load_in_8bit")):
+        return None
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from llt.train.quant import bnb_config
+
+    bf16 = cfg.get("args", {}).get("bf16")
+    qcfg = bnb_config(SimpleNamespace(**flags), torch.bfloat16 if bf16 else torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(loaded.base_model, quantization_config=qcfg,
+                                                dtype=torch.bfloat16 if bf16 else torch.float32,
+                                                device_map={"": "cuda" if torch.cuda.is_available() else "cpu"})
+    grow_for_tokenizer(base, loaded.tokenizer)
+    trained = PeftModel.from_pretrained(base, str(loaded.checkpoint)).eval()
+    ids = probe_ids(loaded.tokenizer)
+    a = trained(input_ids=ids.to(base.device)).logits.float().cpu()
+    b = loaded.model(input_ids=ids).logits.float()
+    what = "4-bit " + qcfg.bnb_4bit_quant_type if qcfg.load_in_4bit else "8-bit"
+    return what, float((a - b).abs().max())
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="llt export", description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint", help="checkpoint-N folder, or a run folder (its newest checkpoint)")
@@ -109,6 +144,9 @@ def main(argv: list[str]) -> int:
                   a.overwrite, a.check)
     what = "merged LoRA" if info["kind"] == "lora" and info["merged"] else info["kind"]
     extra = f"; logits match (max diff {info['check_max_abs_logit_diff']:.2g})" if "check_max_abs_logit_diff" in info else ""
+    if "check_quantized_logit_diff" in info:
+        extra += (f"; against the adapter on the {info['check_quantized_base']} base it trained on: max logit "
+                  f"diff {info['check_quantized_logit_diff']:.3g} (the merge drops the quantization error)")
     print(f"llt export: {info['source']} ({what}, step {info['step']}) -> {a.out} in {info['dtype']}{extra}")
     print("  " + "  ".join(info["files"]))
     return 0

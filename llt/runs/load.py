@@ -104,7 +104,7 @@ def load_checkpoint(path: str | Path, dtype: str | None = "auto", merge: bool = 
         want = _dtype(dtype, base_cfg)
         # Merge in fp32, then cast: merging into bf16 weights rounds the LoRA update away.
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        _grow_for_tokenizer(model, tok)
+        grow_for_tokenizer(model, tok)
         try:
             model = PeftModel.from_pretrained(model, str(ckpt))
         except (RuntimeError, ValueError, KeyError) as e:
@@ -142,7 +142,7 @@ def _config_or_none(path):
         return None
 
 
-def _grow_for_tokenizer(model, tok) -> None:
+def grow_for_tokenizer(model, tok) -> None:
     """Tokens added in training (--add_tokens) lie past the base's embedding table: grow
     it as training did, so the adapter's rows for them fit."""
     from llt.train.model import add_token_rows, embedding_rows

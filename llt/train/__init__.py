@@ -1,7 +1,8 @@
 """Stage 4, `llt train`: the training run on the batches of `llt.data`.
 
 `config` (the four argument dataclasses), `parse` (YAML recipe + flags), `model`
-(tokenizer and model loading, added tokens), `lora`, `attention` (per-document SDPA on
+(tokenizer and model loading, added tokens), `lora`, `quant` (QLoRA: a 4- or 8-bit base),
+`attention` (per-document SDPA on
 CPU), `loss` (the chunked loss on trained positions), `checks` (start-up verification),
 `trainer` (`LltTrainer`), `hf_hooks` (its only private-hook overrides), `resume` (exact
 resume as plain functions), `checkpointing` (atomic saves, rotation), `evaluate` (the

@@ -41,6 +41,22 @@ class ModelArguments:
     add_tokens: list[str] | None = field(default=None, metadata={
         "help": "special tokens to add (space- or comma-separated); their embedding rows start "
                 "as the mean of the existing ones and are trained, with LoRA too"})
+    # QLoRA (llt.train.quant); the names are TRL's ModelConfig's.
+    load_in_4bit: bool = field(default=False, metadata={
+        "help": "QLoRA: load the base model's linear layers in 4-bit (bitsandbytes) and train LoRA "
+                "adapters on top; needs --use_lora and the qlora extra"})
+    load_in_8bit: bool = field(default=False, metadata={
+        "help": "load the base model's linear layers in 8-bit (bitsandbytes LLM.int8); needs --use_lora"})
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = field(default="nf4", metadata={
+        "help": "4-bit data type: nf4 (NormalFloat, the QLoRA paper's) or fp4"})
+    bnb_4bit_compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(default="auto", metadata={
+        "help": "dtype the 4-bit layers compute in; auto: the training dtype (bf16 or fp32)"})
+    use_bnb_nested_quant: bool = field(default=False, metadata={
+        "help": "double quantization: quantize the 4-bit blocks' scales too (~0.4 bits a weight saved)"})
+    bnb_4bit_quant_storage: Literal["auto", "uint8", "bfloat16", "float16", "float32"] = field(
+        default="auto", metadata={
+            "help": "dtype the packed 4-bit weights are stored in; auto: uint8, or the training dtype "
+                    "under DeepSpeed ZeRO-3 (which partitions parameters of one dtype)"})
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """PEFT LoRA on the training model, configured by `--lora_config_path` (a JSON of
-`peft.LoraConfig` fields); rows of `--add_tokens` are trained too."""
+`peft.LoraConfig` fields: every field passes through, DoRA, rsLoRA, `modules_to_save` and
+`target_modules: "all-linear"` included); rows of `--add_tokens` are trained too."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def apply_lora(model, lora_args, new_token_ids: list[int]):
         raise ConfigError(f"--lora_config_path {path}: no such file") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"--lora_config_path {path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"--lora_config_path {path}: a JSON object of peft.LoraConfig fields, not {type(cfg).__name__}")
+    check_fields(cfg, path)
     cfg.setdefault("task_type", "CAUSAL_LM")
     targets = cfg.get("target_modules") or []
     if isinstance(targets, list):
@@ -53,6 +57,23 @@ def apply_lora(model, lora_args, new_token_ids: list[int]):
     if getattr(model, "print_trainable_parameters", None):
         model.print_trainable_parameters()
     return model
+
+
+def check_fields(cfg: dict, path) -> None:
+    """Every key must be a `peft.LoraConfig` field (use_dora, use_rslora, modules_to_save,
+    target_modules "all-linear", ... all pass through); an unknown one is named, with the
+    fields it may have meant."""
+    import dataclasses
+    import difflib
+
+    from peft import LoraConfig
+
+    known = {f.name for f in dataclasses.fields(LoraConfig)}
+    for key in cfg:
+        if key not in known:
+            near = difflib.get_close_matches(key, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(near)}?" if near else " (see peft.LoraConfig)"
+            raise ConfigError(f"--lora_config_path {path}: {key!r} is not a LoraConfig field{hint}")
 
 
 def _name_of(model, module) -> str:

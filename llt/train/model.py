@@ -50,17 +50,26 @@ def load_training_tokenizer(model_args):
     return tok, new_ids
 
 
-def load_model(model_args, train_args, tok, new_token_ids: list[int], padded: bool = False):
-    """The causal LM in training dtype, cache off, embeddings grown for added tokens."""
+def load_model(model_args, train_args, tok, new_token_ids: list[int], padded: bool = False,
+               quantization=None):
+    """The causal LM in training dtype, cache off, embeddings grown for added tokens;
+    with `quantization` (a BitsAndBytesConfig), its linear layers quantized and the model
+    prepared for k-bit training (`llt.train.quant`)."""
     from transformers import AutoModelForCausalLM
+
+    from llt.train import quant
 
     attn = pick_attn_implementation(model_args.attn_implementation, train_args.use_cpu, padded)
     dtype = torch.bfloat16 if train_args.bf16 else torch.float32
+    extra = {"quantization_config": quantization, "device_map": quant.device_map(train_args)} if quantization else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(model_args.model_path, dtype=dtype,
-                                                     attn_implementation=attn)
+                                                     attn_implementation=attn, **extra)
     except (OSError, ValueError) as e:
         raise ConfigError(f"--model_path {model_args.model_path}: cannot load a causal LM ({e})") from None
+    if quantization:
+        log.warning(quant.describe(model, quantization, dtype))
+        model = quant.prepare(model, train_args)
     # Padding-free batches isolate documents through position_ids, which transformers only
     # honours when no KV cache is built; a cache is useless in training anyway.
     model.config.use_cache = False

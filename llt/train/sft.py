@@ -83,17 +83,25 @@ def build(model_args, data_args, lora_args, args):
     from llt.train.lora import apply_lora
     from llt.train.loss import use_chunked_loss
     from llt.train.model import flops_per_token_info, load_model, load_training_tokenizer
+    from llt.train.quant import quantization_config
     from llt.train.report import write_run_report
     from llt.train.trainer import LltTrainer
 
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING,
                         format="%(message)s")
     tokenizer, new_ids = load_training_tokenizer(model_args)
+    quantization = quantization_config(model_args, args, lora_args.use_lora)  # fails before any data work
+    # Seed now, not only in Trainer.__init__ (after the model exists): LoRA's A matrices and
+    # any other fresh weights are drawn while the model is built, and two runs with the same
+    # --seed must start from the same adapter.
+    from transformers import set_seed
+    set_seed(args.seed)
     if data_args.verify_data:
         specs, eval_specs = corpus_specs(data_args)
         verify_on_local_main([s.path for s in specs + eval_specs], args)
     data = build_data(data_args, seed=args.data_seed if args.data_seed is not None else args.seed)
-    model = load_model(model_args, args, tokenizer, new_ids, padded=data_args.padding != "free")
+    model = load_model(model_args, args, tokenizer, new_ids, padded=data_args.padding != "free",
+                       quantization=quantization)
     check_data_fits(data.dataset, tokenizer, model, new_ids)
     # Liger's fused linear cross-entropy (--use_liger_kernel, patched in by HF) does the
     # same job in one kernel; llt's chunked loss is the portable default.

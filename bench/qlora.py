@@ -1,0 +1,127 @@
+"""Benchmark: LoRA against QLoRA (and DoRA) on the same model and data, CPU, one run.
+
+    python bench/qlora.py                       # SmolLM2-135M-Instruct, alpaca_eval packed to 1024
+    python bench/qlora.py --steps 2 --warmup 1 --modes lora qlora
+
+Model: the real SmolLM2-135M-Instruct (../shared/tools/fetch_smollm2.py); data:
+../shared/assets/data/alpaca_eval.jsonl as chat q/a pairs, packed (`llt encode --merge_data`).
+Each mode trains in a fresh process with the same threads, batch and LoRA shape (r 16,
+all-linear), `--warmup` untimed steps then `--steps` timed ones:
+
+* lora:        the base in fp32, LoRA adapters;
+* qlora:       the base's linear layers in 4-bit NF4 with double quantization (bitsandbytes);
+* dora:        fp32 base, DoRA adapters (`use_dora`);
+* qlora_dora:  4-bit base, DoRA adapters.
+
+Per mode: `weight_mib` (parameters and buffers once loaded and quantized), `peak_rss_mib`
+(the process's peak resident memory over the whole run), and trained tokens/s over the
+timed steps (`bench/train.py`'s clock). Ratios are against lora in the same run. On CPU
+bitsandbytes dequantizes each 4-bit layer per matmul, so QLoRA is expected to be slower
+there; what it buys is the weight memory. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
+
+from train import ALPACA, FETCH, StepClock  # noqa: E402  (bench/train.py)
+
+MODES = {"lora": ([], False), "qlora": (["--load_in_4bit", "--use_bnb_nested_quant", "true"], False),
+         "dora": ([], True), "qlora_dora": (["--load_in_4bit", "--use_bnb_nested_quant", "true"], True)}
+
+
+def child(args) -> None:
+    import torch
+
+    from llt.train.parse import parse_args
+    from llt.train.sft import build
+
+    torch.set_num_threads(args.threads)
+    extra, dora = MODES[args.mode]
+    cfg = Path(args.out) / "lora.json"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(json.dumps({"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear",
+                               "use_dora": dora, "task_type": "CAUSAL_LM"}))
+    argv = ["--model_path", args.model, "--data_path", args.corpus, "--output_path", args.out,
+            "--max_steps", str(args.warmup + args.steps), "--per_device_train_batch_size", str(args.bs),
+            "--deepspeed_config_path", "none", "--use_cpu", "--save_final", "false", "--report_to", "none",
+            "--disable_tqdm", "true", "--logging_steps", "1", "--learning_rate", "1e-4", "--use_lora",
+            "--lora_config_path", str(cfg), *extra]
+    trainer = build(*parse_args(argv))
+    model = trainer.model
+    weight = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    clock = StepClock()
+    clock.attach(trainer)
+    trainer.train()
+    peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print("RESULT " + json.dumps(dict(clock.result(args.warmup), weight_mib=round(weight / 2**20, 1),
+                                      peak_rss_mib=round(peak / 1024, 1))))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--max_length", type=int, default=1024)
+    ap.add_argument("--bs", type=int, default=2, help="packed rows per micro-batch")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--modes", nargs="+", default=list(MODES))
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+    for name in ("mode", "model", "corpus", "out"):
+        ap.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._child:
+        return child(args)
+    for need in (ALPACA, FETCH):
+        if not need.exists():
+            sys.exit(f"bench/qlora.py needs {need} (the ../shared assets folder)")
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="llt-bench-qlora-"))
+    model = subprocess.run([sys.executable, str(FETCH)], capture_output=True, text=True,
+                           check=True).stdout.strip().splitlines()[-1]
+    from llt.cli import main as llt
+    corpus = work / "shards" / "packed"
+    if not (corpus / "summary.json").exists():
+        assert llt(["encode", "--input_path", str(ALPACA), "--encode_type", "qa", "--qa_template", "chat",
+                    "--q_field", "instruction", "--a_field", "output", "--tokenizer_path", model,
+                    "--output_path", str(work / "shards"), "--corpus_name", "packed",
+                    "--max_length", str(args.max_length), "--overlong", "truncate", "--merge_data"]) == 0
+    results = {}
+    for mode in args.modes:
+        cmd = [sys.executable, __file__, "--_child", "--mode", mode, "--model", model, "--corpus", str(corpus),
+               "--out", str(work / "runs" / mode), "--bs", str(args.bs), "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--threads", str(args.threads)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false",
+                   PYTHONPATH=str(ROOT))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not line:
+            sys.exit(f"{mode} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        results[mode] = json.loads(line[0][7:])
+        print(mode, results[mode], file=sys.stderr)
+    out = {"model": "SmolLM2-135M-Instruct", "data": "alpaca_eval, packed", "max_length": args.max_length,
+           "micro_batch": args.bs, "threads": args.threads, "steps": args.steps, "modes": results}
+    if "lora" in results:
+        base = results["lora"]
+        for mode, r in results.items():
+            if mode != "lora":
+                out[f"{mode}_over_lora"] = {
+                    "weight_mib": round(r["weight_mib"] / base["weight_mib"], 3),
+                    "peak_rss_mib": round(r["peak_rss_mib"] / base["peak_rss_mib"], 3),
+                    "trained_tokens_per_second": round(r["trained_tokens_per_second"]
+                                                       / base["trained_tokens_per_second"], 3)}
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
