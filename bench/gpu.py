@@ -119,6 +119,21 @@ def check_logits(paths: dict, tiny: bool) -> dict:
             "tolerance": tolerance, "ok": worst < tolerance}
 
 
+# LoRA and QLoRA (4-bit NF4, double quantization) on the same base: their weight memory.
+QUANT_MODES = {"lora": ["--use_lora", "--lora_config_path", "configs/qlora.json"],
+               "qlora": ["--use_lora", "--lora_config_path", "configs/qlora.json", "--load_in_4bit",
+                         "--use_bnb_nested_quant", "true"]}
+
+
+def weight_bytes(model) -> dict:
+    """MiB of the model's weights, and of its base linear layers alone (what a 4-bit base
+    quantizes; embeddings and norms stay in the training dtype)."""
+    from llt.train.quant import weight_memory
+
+    w = weight_memory(model)
+    return {"weight_mib": round(w["weight_bytes"] / 2**20, 3), "base_linear_mib": round(w["linear_bytes"] / 2**20, 3)}
+
+
 def run_mode(mode: str, paths: dict, tiny: bool, steps: int, bs: int, ga: int, out: str) -> dict:
     import torch
     from train import StepClock  # bench/train.py
@@ -134,9 +149,10 @@ def run_mode(mode: str, paths: dict, tiny: bool, steps: int, bs: int, ga: int, o
     if not cuda:
         common.append("--use_cpu")
     from llt.train.parse import parse_args
-    if mode == "llt":
+    if mode in QUANT_MODES or mode == "llt":
         from llt.train.sft import build
-        trainer = build(*parse_args(["--model_path", paths["model"], "--data_path", paths["packed"], *common]))
+        trainer = build(*parse_args(["--model_path", paths["model"], "--data_path", paths["packed"], *common,
+                                     *QUANT_MODES.get(mode, [])]))
     else:
         from transformers import Trainer
 
@@ -160,7 +176,7 @@ def run_mode(mode: str, paths: dict, tiny: bool, steps: int, bs: int, ga: int, o
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    return {"clock": clock, "info": info, "peak": peak_tflops(),
+    return {"clock": clock, "info": info, "peak": peak_tflops(), "weights": weight_bytes(trainer.model),
             "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
 
 
@@ -171,6 +187,7 @@ def child(args) -> None:
     info, secs = res["info"], r["seconds"]
     flops = 6 * info["matmul_params"] * r["input_tokens"] + 12 * info["layers"] * info["attn_width"] * r[
         "attention_pairs"]
+    r.update(res["weights"])
     r.update(peak_gpu_memory_gb=res["peak_gpu_memory_gb"], micro_batch=args.bs, grad_accum=args.ga,
              achieved_tflops=round(flops / secs / 1e12, 2),
              mfu=round(flops / secs / (res["peak"] * 1e12), 4) if res["peak"] else None)
@@ -211,6 +228,11 @@ def main() -> None:
     rows = max(1, round(args.tokens_per_step / args.max_length))
     per_micro = 16 if not t else 4
     plan = {"llt": (rows, 1), "baseline": (per_micro, max(1, round(args.tokens_per_step / (per_micro * mean_len))))}
+    try:
+        import bitsandbytes  # noqa: F401
+        plan.update(lora=(rows, 1), qlora=(rows, 1))
+    except ImportError:
+        print("bitsandbytes not installed: no LoRA/QLoRA figures", file=sys.stderr)
     results = {}
     for mode, (bs, ga) in plan.items():
         cmd = [sys.executable, __file__, "--_child", "1", "--mode", mode, "--paths", json.dumps(paths),
@@ -232,6 +254,14 @@ def main() -> None:
            "input_tokens_per_second_ratio": round(results["llt"]["input_tokens_per_second"]
                                                   / results["baseline"]["input_tokens_per_second"], 3),
            "wall_seconds": round(time.time() - t0, 1)}
+    if "qlora" in results:
+        lo, q = results["lora"], results["qlora"]
+        out.update(lora=lo, qlora=q, qlora_over_lora={
+            "weight_mib": round(q["weight_mib"] / lo["weight_mib"], 3),
+            "base_linear_mib": round(q["base_linear_mib"] / lo["base_linear_mib"], 3),
+            "peak_gpu_memory_gb": round(q["peak_gpu_memory_gb"] / lo["peak_gpu_memory_gb"], 3)
+            if lo["peak_gpu_memory_gb"] else None,
+            "trained_tokens_per_second": round(q["trained_tokens_per_second"] / lo["trained_tokens_per_second"], 3)})
     print(json.dumps(out, indent=1))
     if not check["ok"]:
         sys.exit("packed and unpacked logits disagree")

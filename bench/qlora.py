@@ -13,9 +13,11 @@ all-linear), `--warmup` untimed steps then `--steps` timed ones:
 * dora:        fp32 base, DoRA adapters (`use_dora`);
 * qlora_dora:  4-bit base, DoRA adapters.
 
-Per mode: `weight_mib` (parameters and buffers once loaded and quantized), `peak_rss_mib`
+Per mode: `weight_mib` (parameters, buffers and 4-bit constants once loaded and
+quantized), `base_linear_mib` (the part a 4-bit base quantizes), `peak_rss_mib`
 (the process's peak resident memory over the whole run), and trained tokens/s over the
-timed steps (`bench/train.py`'s clock). Ratios are against lora in the same run. On CPU
+timed steps (`bench/train.py`'s clock). Gradient checkpointing is on by default, as in
+`recipes/qlora_sft.yaml` (`--gradient_checkpointing false` to compare without). Ratios are against lora in the same run. On CPU
 bitsandbytes dequantizes each 4-bit layer per matmul, so QLoRA is expected to be slower
 there; what it buys is the weight memory. Prints JSON.
 """
@@ -56,15 +58,17 @@ def child(args) -> None:
             "--max_steps", str(args.warmup + args.steps), "--per_device_train_batch_size", str(args.bs),
             "--deepspeed_config_path", "none", "--use_cpu", "--save_final", "false", "--report_to", "none",
             "--disable_tqdm", "true", "--logging_steps", "1", "--learning_rate", "1e-4", "--use_lora",
-            "--lora_config_path", str(cfg), *extra]
+            "--lora_config_path", str(cfg), "--gradient_checkpointing", str(args.gradient_checkpointing).lower(),
+            *extra]
     trainer = build(*parse_args(argv))
-    model = trainer.model
-    weight = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    from llt.train.quant import weight_memory
+    weight = weight_memory(trainer.model)
     clock = StepClock()
     clock.attach(trainer)
     trainer.train()
     peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-    print("RESULT " + json.dumps(dict(clock.result(args.warmup), weight_mib=round(weight / 2**20, 1),
+    print("RESULT " + json.dumps(dict(clock.result(args.warmup), weight_mib=round(weight["weight_bytes"] / 2**20, 1),
+                                      base_linear_mib=round(weight["linear_bytes"] / 2**20, 1),
                                       peak_rss_mib=round(peak / 1024, 1))))
 
 
@@ -76,6 +80,8 @@ def main() -> None:
     ap.add_argument("--bs", type=int, default=2, help="packed rows per micro-batch")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--modes", nargs="+", default=list(MODES))
+    ap.add_argument("--gradient_checkpointing", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                    help="as recipes/qlora_sft.yaml (default true): activations then weigh less than weights")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     for name in ("mode", "model", "corpus", "out"):
@@ -100,7 +106,8 @@ def main() -> None:
     for mode in args.modes:
         cmd = [sys.executable, __file__, "--_child", "--mode", mode, "--model", model, "--corpus", str(corpus),
                "--out", str(work / "runs" / mode), "--bs", str(args.bs), "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--threads", str(args.threads)]
+               "--warmup", str(args.warmup), "--threads", str(args.threads),
+               "--gradient_checkpointing", str(args.gradient_checkpointing)]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false",
                    PYTHONPATH=str(ROOT))
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -110,6 +117,7 @@ def main() -> None:
         results[mode] = json.loads(line[0][7:])
         print(mode, results[mode], file=sys.stderr)
     out = {"model": "SmolLM2-135M-Instruct", "data": "alpaca_eval, packed", "max_length": args.max_length,
+           "gradient_checkpointing": args.gradient_checkpointing,
            "micro_batch": args.bs, "threads": args.threads, "steps": args.steps, "modes": results}
     if "lora" in results:
         base = results["lora"]
@@ -117,6 +125,7 @@ def main() -> None:
             if mode != "lora":
                 out[f"{mode}_over_lora"] = {
                     "weight_mib": round(r["weight_mib"] / base["weight_mib"], 3),
+                    "base_linear_mib": round(r["base_linear_mib"] / base["base_linear_mib"], 3),
                     "peak_rss_mib": round(r["peak_rss_mib"] / base["peak_rss_mib"], 3),
                     "trained_tokens_per_second": round(r["trained_tokens_per_second"]
                                                        / base["trained_tokens_per_second"], 3)}

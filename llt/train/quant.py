@@ -82,25 +82,49 @@ def prepare(model, train_args):
                                            gradient_checkpointing_kwargs=kwargs)
 
 
+def tensor_bytes(t) -> int:
+    """Bytes a parameter or buffer holds, a 4-bit weight's quantization constants included
+    (they live on `quant_state`, outside parameters and buffers)."""
+    n = t.numel() * t.element_size()
+    state = getattr(t, "quant_state", None)
+    if state is not None:
+        n += sum(v.numel() * v.element_size() for v in state.as_dict(packed=True).values() if torch.is_tensor(v))
+    return n
+
+
+def weight_memory(model) -> dict:
+    """Bytes of the model's weights (parameters and buffers), and of its base linear layers
+    alone: what a 4-bit base quantizes (embeddings, norms and the LM head stay in the
+    training dtype, so the whole-model ratio depends on the vocabulary's share)."""
+    total = sum(tensor_bytes(t) for t in list(model.parameters()) + list(model.buffers()))
+    linear = 0
+    for name, module in model.named_modules():
+        if type(module).__name__ in ("Linear", "Linear4bit", "Linear8bitLt") and "lora_" not in name \
+                and not name.endswith("lm_head") and not any(True for _ in module.children()):
+            linear += sum(tensor_bytes(t) for t in module.parameters(recurse=False))
+    return {"weight_bytes": total, "linear_bytes": linear}
+
+
 def describe(model, config, train_dtype: torch.dtype) -> str:
     """What was quantized, and the weight memory against the unquantized model's."""
     import bitsandbytes as bnb
 
-    layers, params, quant_bytes = 0, 0, 0
+    layers, params = 0, 0
     for module in model.modules():
         if isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
             layers += 1
             params += module.in_features * module.out_features
-    for t in list(model.parameters()) + list(model.buffers()):
-        quant_bytes += t.numel() * t.element_size()
-    total = sum(_original_numel(p) for p in model.parameters())
-    full = total * torch.tensor([], dtype=train_dtype).element_size()
+    have = weight_memory(model)
+    size = torch.tensor([], dtype=train_dtype).element_size()
+    full = sum(_original_numel(p) * size for p in model.parameters())
+    full_linear = params * size
     what = (f"4-bit {config.bnb_4bit_quant_type} (compute {str(config.bnb_4bit_compute_dtype)[6:]}, "
             f"double quant {'on' if config.bnb_4bit_use_double_quant else 'off'}, "
             f"storage {str(config.bnb_4bit_quant_storage)[6:]})") if config.load_in_4bit else "8-bit LLM.int8"
     return (f"llt: base quantized to {what} by bitsandbytes: {layers} linear layers, {params / 1e6:.1f}M "
-            f"weights; weight memory {quant_bytes / 2**20:.1f} MiB ({quant_bytes / full:.2f}x the "
-            f"{full / 2**20:.1f} MiB of {str(train_dtype)[6:]} weights)")
+            f"weights in {have['linear_bytes'] / 2**20:.1f} MiB ({have['linear_bytes'] / full_linear:.2f}x "
+            f"{str(train_dtype)[6:]}); whole model {have['weight_bytes'] / 2**20:.1f} MiB "
+            f"({have['weight_bytes'] / full:.2f}x the {full / 2**20:.1f} MiB of {str(train_dtype)[6:]} weights)")
 
 
 def _original_numel(p) -> int:

@@ -84,6 +84,7 @@ def build(model_args, data_args, lora_args, args):
     from llt.train.loss import use_chunked_loss
     from llt.train.model import flops_per_token_info, load_model, load_training_tokenizer
     from llt.train.quant import quantization_config
+    from transformers import set_seed
     from llt.train.report import write_run_report
     from llt.train.trainer import LltTrainer
 
@@ -91,10 +92,8 @@ def build(model_args, data_args, lora_args, args):
                         format="%(message)s")
     tokenizer, new_ids = load_training_tokenizer(model_args)
     quantization = quantization_config(model_args, args, lora_args.use_lora)  # fails before any data work
-    # Seed now, not only in Trainer.__init__ (after the model exists): LoRA's A matrices and
-    # any other fresh weights are drawn while the model is built, and two runs with the same
-    # --seed must start from the same adapter.
-    from transformers import set_seed
+    # Seed now, not only in Trainer.__init__ (after the model exists): LoRA's A matrices are
+    # drawn while the model is built, and two runs with one --seed must start alike.
     set_seed(args.seed)
     if data_args.verify_data:
         specs, eval_specs = corpus_specs(data_args)
