@@ -54,7 +54,9 @@ def test_qlora_trains_resumes_exactly_and_exports_a_merged_model(tmp_path, tiny_
     # difference from the adapter on the quantized base it trained on.
     info = export(str(full), tmp_path / "merged", check=True)
     assert info["merged"] and info["check_max_abs_logit_diff"] < 1e-4
-    assert info["check_quantized_base"] == "4-bit nf4" and 0 < info["check_quantized_logit_diff"] < 1.0
+    q = info["check_against_quantized_base"]
+    assert q["base"] == "4-bit nf4" and 0 < q["mean_abs_logit_diff"] <= q["max_abs_logit_diff"] < 1.0
+    assert 0 <= q["top1_agreement"] <= 1
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
     assert not any("4bit" in type(m).__name__ or "lora" in n for n, m in model.named_modules())
     assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -74,7 +76,8 @@ def test_llt_export_prints_the_quantization_difference(tmp_path, tiny_model_dir,
                            str(tmp_path / "m"), "--check"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "logits match" in proc.stdout and "against the adapter on the 4-bit nf4 base it trained on" in proc.stdout
-    assert json.loads((tmp_path / "m" / "llt_export.json").read_text())["check_quantized_logit_diff"] > 0
+    info = json.loads((tmp_path / "m" / "llt_export.json").read_text())
+    assert info["check_against_quantized_base"]["max_abs_logit_diff"] > 0
     proc = subprocess.run([sys.executable, "-m", "llt", "export", str(run_folder(tmp_path / "runs")), "--out",
                            str(tmp_path / "adapter"), "--no-merge"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

@@ -55,7 +55,7 @@ def export(src: str, out: str | Path, dtype: str = "auto", merge: bool = True, b
         info["check_max_abs_logit_diff"] = compare_logits(loaded, staging)
         quantized = quantized_base_diff(loaded) if merge and loaded.kind == "lora" else None
         if quantized is not None:
-            info["check_quantized_base"], info["check_quantized_logit_diff"] = quantized
+            info["check_against_quantized_base"] = quantized
     (staging / EXPORT_INFO).write_text(json.dumps(info, indent=1))
     replace_dir(staging, out, trash=out.parent / f".{out.name}.replaced")
     info["files"] = sorted(p.name for p in out.iterdir())
@@ -91,7 +91,7 @@ def compare_logits(loaded: Loaded, folder: Path) -> float:
 
 
 @torch.no_grad()
-def quantized_base_diff(loaded: Loaded) -> tuple[str, float] | None:
+def quantized_base_diff(loaded: Loaded) -> dict | None:
     """For a QLoRA run: max |logit difference| between the merged export (full-precision
     base + adapter) and what training saw (the adapter on the quantized base). Not zero:
     the merge removes the quantization error from the base weights; printed, not judged."""
@@ -119,7 +119,9 @@ def quantized_base_diff(loaded: Loaded) -> tuple[str, float] | None:
     a = trained(input_ids=ids.to(base.device)).logits.float().cpu()
     b = loaded.model(input_ids=ids).logits.float()
     what = "4-bit " + qcfg.bnb_4bit_quant_type if qcfg.load_in_4bit else "8-bit"
-    return what, float((a - b).abs().max())
+    diff = (a - b).abs()
+    return {"base": what, "max_abs_logit_diff": float(diff.max()), "mean_abs_logit_diff": float(diff.mean()),
+            "top1_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean())}
 
 
 def main(argv: list[str]) -> int:
@@ -144,9 +146,11 @@ def main(argv: list[str]) -> int:
                   a.overwrite, a.check)
     what = "merged LoRA" if info["kind"] == "lora" and info["merged"] else info["kind"]
     extra = f"; logits match (max diff {info['check_max_abs_logit_diff']:.2g})" if "check_max_abs_logit_diff" in info else ""
-    if "check_quantized_logit_diff" in info:
-        extra += (f"; against the adapter on the {info['check_quantized_base']} base it trained on: max logit "
-                  f"diff {info['check_quantized_logit_diff']:.3g} (the merge drops the quantization error)")
+    q = info.get("check_against_quantized_base")
+    if q:
+        extra += (f"\n  against the adapter on the {q['base']} base it trained on: logits differ by "
+                  f"{q['max_abs_logit_diff']:.3g} at most, {q['mean_abs_logit_diff']:.3g} on average, same top "
+                  f"token at {q['top1_agreement']:.0%} of positions (the merge drops the quantization error)")
     print(f"llt export: {info['source']} ({what}, step {info['step']}) -> {a.out} in {info['dtype']}{extra}")
     print("  " + "  ".join(info["files"]))
     return 0
