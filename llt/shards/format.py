@@ -128,11 +128,72 @@ def read_header(idx_path: Path) -> dict:
         raise ShardFormatError(f"{idx_path}: no such shard index") from None
     try:
         header = json.loads(body)
-        header["arrays"]
-        if header["dtype"] not in TOKEN_DTYPES:
-            raise ValueError(f"unknown dtype {header['dtype']!r}")
-    except (ValueError, KeyError, TypeError) as e:
-        raise ShardFormatError(f"{idx_path}: damaged header ({e})") from None
-    header["_body_start"] = round_up(PREFIX.size + hlen, ALIGN)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ShardFormatError(f"{idx_path}: damaged header (not JSON: {e})") from None
+    body_start = round_up(PREFIX.size + hlen, ALIGN)
+    check_header(header, idx_path, idx_path.stat().st_size - body_start)
+    header["_body_start"] = body_start
     header["_version"] = f"{major}.{minor}"
     return header
+
+
+# Each array's dtype (docs/format.md): written "u8"/"u4"; "<u8"/"<u4" (numpy's explicit
+# little-endian spelling) are accepted as the same; any other byte order or type is refused.
+ARRAY_DTYPES = {"sample_offsets": "u8", "span_offsets": "u8", "spans": "u4", "doc_offsets": "u8", "doc_starts": "u4"}
+_COUNTS = ("vocab_size", "n_samples", "n_tokens", "n_trained_tokens", "n_spans", "n_docs")
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 63
+
+
+def check_header(header, idx_path: Path, body_bytes: int) -> None:
+    """Every header field against the spec before any array is touched: types, ranges,
+    array dtypes, counts that agree, and arrays that lie inside the file. Normalises array
+    dtypes to the spec's spelling. Raises `ShardFormatError` naming the file and field."""
+    def bad(what: str):
+        raise ShardFormatError(f"{idx_path}: damaged header: {what}")
+
+    if not isinstance(header, dict):
+        bad(f"a JSON {type(header).__name__}, not an object")
+    if not isinstance(header.get("dtype"), str) or header["dtype"] not in TOKEN_DTYPES:
+        bad(f"dtype {header.get('dtype')!r} is not one of {', '.join(TOKEN_DTYPES)}")
+    for key in _COUNTS:
+        if key in header and not _is_count(header[key]):
+            bad(f"{key} {header[key]!r} is not a count (an integer >= 0)")
+    for key in _COUNTS:
+        if key not in header:
+            bad(f"no {key}")
+    if header["vocab_size"] < 1:
+        bad("vocab_size 0")
+    if not isinstance(header.get("has_loss_mask"), bool):
+        bad(f"has_loss_mask {header.get('has_loss_mask')!r} is not true or false")
+    fp = header.get("tokenizer_fingerprint")
+    if fp is not None and not isinstance(fp, str):
+        bad(f"tokenizer_fingerprint {fp!r} is not a string")
+    arrays = header.get("arrays")
+    if not isinstance(arrays, dict):
+        bad(f"arrays {arrays!r} is not an object")
+    need = {"sample_offsets", "doc_offsets", "doc_starts"} | (
+        {"span_offsets", "spans"} if header["has_loss_mask"] else set())
+    missing, unknown = need - set(arrays), set(arrays) - set(ARRAY_DTYPES)
+    if missing or unknown:
+        bad(f"arrays {sorted(missing)} missing" if missing else f"unknown array {sorted(unknown)[0]!r}")
+    n = header["n_samples"]
+    want = {"sample_offsets": n + 1, "span_offsets": n + 1, "doc_offsets": n + 1,
+            "spans": 2 * header["n_spans"], "doc_starts": header["n_docs"]}
+    for name, entry in arrays.items():
+        if not (isinstance(entry, list) and len(entry) == 3 and _is_count(entry[0]) and _is_count(entry[2])
+                and isinstance(entry[1], str)):
+            bad(f"array {name} is {entry!r}, not [offset, dtype, count]")
+        offset, dtype, count = entry
+        spelled = dtype[1:] if dtype.startswith("<") else dtype
+        if spelled != ARRAY_DTYPES[name]:
+            bad(f"array {name} has dtype {dtype!r}; the format's is {ARRAY_DTYPES[name]!r} (little-endian)")
+        if count != want[name]:
+            bad(f"array {name} holds {count:,} entries; the counts say {want[name]:,}")
+        size = int(spelled[1:])
+        if offset % 8 or offset + count * size > body_bytes:
+            bad(f"array {name} at offset {offset:,} ({count:,} x {size} bytes) is "
+                + ("not 8-byte aligned" if offset % 8 else f"past the end of the file's {body_bytes:,} bytes"))
+        entry[1] = spelled

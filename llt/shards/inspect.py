@@ -14,7 +14,7 @@ import numpy as np
 
 from llt.errors import LltError
 from llt.shards.reader import ShardReader
-from llt.shards.verify import Target, targets
+from llt.shards.verify import Target, targets, verify_target
 
 
 def length_histogram(lengths: np.ndarray, bins: int = 10, width: int = 40) -> str:
@@ -52,13 +52,21 @@ def inspect_main(argv: list[str]) -> int:
     ap.add_argument("--tokenizer_path", help="defaults to the one recorded in summary.json")
     ap.add_argument("--max_tokens", type=int, default=400, help="decode at most this many tokens per sample")
     args = ap.parse_args(argv)
+    damaged = 0
     for target in targets(Path(args.path)):
+        # A damaged corpus would decode as garbage or fail deep in numpy: say what is wrong.
+        problems = verify_target(target)
+        if problems:
+            damaged += 1
+            print(f"== {target.label}: damaged, not shown (`llt verify` checks the rest):")
+            print("\n".join(f"  - {p}" for p in problems))
+            continue
         readers = [ShardReader(stem.with_suffix(".idx")) for stem in target.stems]
         lengths = np.concatenate([r.lengths for r in readers]) if readers else np.zeros(0, np.int64)
         print_counts(target, readers, lengths)
         if len(lengths) and args.num_samples > 0:
             print_samples(target, readers, lengths, args)
-    return 0
+    return 1 if damaged else 0
 
 
 def print_counts(target: Target, readers: list[ShardReader], lengths: np.ndarray) -> None:

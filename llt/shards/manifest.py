@@ -28,10 +28,49 @@ def read_manifest(corpus_dir: Path) -> dict:
                        "(an interrupted `llt encode` leaves none: run it again)") from None
     except json.JSONDecodeError as e:
         raise LltError(f"{path}: damaged manifest ({e})") from None
+    except UnicodeDecodeError as e:
+        raise LltError(f"{path}: damaged manifest (not UTF-8: {e.reason})") from None
+    if not isinstance(manifest, dict):
+        raise LltError(f"{path}: damaged manifest (a JSON {type(manifest).__name__}, not an object)")
     if manifest.get("llt_corpus_version") != MANIFEST_VERSION:
         raise LltError(f"{path}: manifest version {manifest.get('llt_corpus_version')!r}, "
                        f"this llt reads {MANIFEST_VERSION}")
+    check_manifest(manifest, path)
     return manifest
+
+
+_SHARD_FIELDS = {"name": str, "n_samples": int, "n_tokens": int, "bin_bytes": int, "idx_bytes": int,
+                 "bin_xxh3_128": str, "idx_xxh3_128": str}
+
+
+def check_manifest(manifest: dict, path: Path) -> None:
+    """The fields `llt verify` and the trainer read, with the types they need; an error
+    names the field (a damaged summary.json must not end in a traceback)."""
+    def bad(what: str):
+        raise LltError(f"{path}: damaged manifest: {what}")
+
+    if not isinstance(manifest.get("corpus_name"), str):
+        bad(f"corpus_name {manifest.get('corpus_name')!r} is not a string")
+    tok = manifest.get("tokenizer")
+    if not isinstance(tok, dict) or not _count(tok.get("vocab_size")) or not isinstance(
+            tok.get("fingerprint"), (str, type(None))):
+        bad(f"tokenizer {tok!r} needs a vocab_size count and a fingerprint string")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        bad(f"shards {shards!r} is not a list")
+    for i, entry in enumerate(shards):
+        if not isinstance(entry, dict):
+            bad(f"shards[{i}] is not an object")
+        for field, kind in _SHARD_FIELDS.items():
+            value = entry.get(field)
+            if not (isinstance(value, kind) and (kind is str or _count(value))):
+                bad(f"shards[{i}].{field} is {value!r}")
+        if "/" in entry["name"] or entry["name"].startswith("."):
+            bad(f"shards[{i}].name {entry['name']!r} is not a file name in the corpus folder")
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def find_corpora(path: Path) -> list[Path]:

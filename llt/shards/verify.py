@@ -133,6 +133,9 @@ def verify_target(target: Target) -> list[str]:
         if manifest:
             if r.header.get("tokenizer_fingerprint") != manifest["tokenizer"]["fingerprint"]:
                 problems.append(f"{stem.name}.idx: tokenizer fingerprint differs from summary.json")
+            if r.vocab_size != manifest["tokenizer"]["vocab_size"]:
+                problems.append(f"{stem.name}.idx: vocabulary size {r.vocab_size:,}, summary.json says "
+                                f"{manifest['tokenizer']['vocab_size']:,}")
             if entry and (r.n_samples, r.n_tokens) != (entry["n_samples"], entry["n_tokens"]):
                 problems.append(f"{stem.name}.idx: counts differ from summary.json")
         problems += check_shard(r, manifest["tokenizer"]["vocab_size"] if manifest else None)
