@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from llt.shards.reader import ShardReader
 
 
@@ -59,3 +61,23 @@ def test_quickstart_encodes_trains_and_says_where_the_outputs_are(tmp_path):
     assert held_out < first
     assert (ckpt.parent / "llt_data.json").is_file() and list((ckpt.parent / "runs").rglob("events.*"))
     assert r.stdout.rstrip().splitlines()[-1].strip()  # the generated answer follows the command
+
+
+@pytest.mark.parametrize("launcher", ["python", "llt", "accelerate", "torchrun"])
+def test_a_misspelled_flag_is_one_line_with_the_closest_flags_under_every_launcher(tmp_path, launcher):
+    import os
+
+    root = Path(__file__).resolve().parents[1]
+    recipe = str(root / "recipes" / "sft.py")
+    head = {"python": [sys.executable, recipe], "llt": [sys.executable, "-m", "llt", "train"],
+            "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+                           "--cpu", recipe],
+            "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
+                         "--master_port", "29581", recipe]}[launcher]
+    proc = subprocess.run([*head, "--model_path", "m", "--data_path", "d", "--lerning_rate", "1e-4"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(root)))
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if "llt train: error:" in line]
+    assert lines == ["llt train: error: unknown flag --lerning_rate; did you mean --learning_rate? (see --help)"]
+    assert "HfArgumentParser" not in proc.stderr and "Some specified arguments" not in proc.stderr

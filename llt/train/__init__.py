@@ -10,3 +10,9 @@ held-out loss), `callbacks` (throughput, mix, loss report, save schedule, preemp
 `report` (the run folder's records) and `sft` (the recipe body behind `recipes/sft.py`
 and `llt train`).
 """
+
+import logging
+
+# bitsandbytes (the qlora extra) warns at import, on CPUs with AVX512-BF16, that an optional
+# `kernels` package is missing, and then uses its own kernel; every launch would print it.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

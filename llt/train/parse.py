@@ -12,6 +12,7 @@ dataclasses are built, so nothing rewrites the arguments afterwards.
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 
 import yaml
@@ -64,9 +65,30 @@ def read_recipe(path: str, parser: HfArgumentParser) -> dict:
                 dest[opt[2:]] = action.dest
     unknown = sorted(k for k in data if k not in dest)
     if unknown:
-        raise ConfigError(f"--config {path}: unknown key(s) {', '.join(unknown)}; "
+        near = difflib.get_close_matches(unknown[0], sorted(dest), n=3)
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        raise ConfigError(f"--config {path}: unknown key(s) {', '.join(unknown)}{hint}; "
                           "every key must be a training flag (see --help)")
     return {dest[k]: v for k, v in data.items()}
+
+
+def unknown_flag_message(parser, remaining: list[str]) -> str:
+    """One line naming the first unknown argument and the closest known flags.
+
+    Examples:
+        >>> unknown_flag_message(build_parser(), ["--lerning_rate", "1e-4"])
+        'unknown flag --lerning_rate; did you mean --learning_rate? (see --help)'
+    """
+    # HF registers --a_b and --a-b for each field: suggest the underscore spelling once.
+    flags = sorted({o for a in parser._actions for o in a.option_strings if o.startswith("--")
+                    and (o == "--" + o[2:].replace("-", "_") or "_" not in a.dest)})
+    first = next((r for r in remaining if r.startswith("-")), remaining[0])
+    if not first.startswith("-"):
+        return f"unexpected argument {first!r} (flags take the form --name value; see --help)"
+    name = first.split("=", 1)[0].replace("-", "_").replace("__", "--", 1)
+    near = difflib.get_close_matches(name, flags, n=3, cutoff=0.8)
+    hint = f"; did you mean {' or '.join(near)}?" if near else ""
+    return f"unknown flag {name}{hint} (see --help)"
 
 
 def parse_args(argv: list[str] | None = None):
@@ -77,7 +99,10 @@ def parse_args(argv: list[str] | None = None):
     recipe = read_recipe(config, parser) if config else {}
     parser.set_defaults(**recipe)
     parser.set_defaults(**eval_defaults(recipe, rest))
-    model_args, data_args, lora_args, train_args = parser.parse_args_into_dataclasses(args=rest)
+    *groups, remaining = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
+    if remaining:
+        raise ConfigError(unknown_flag_message(parser, remaining))
+    model_args, data_args, lora_args, train_args = groups
     _check_eval(data_args, train_args)
     if not model_args.model_path:
         raise ConfigError("--model_path is required (a HF model folder)")
