@@ -12,7 +12,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "llt"
 STAGES = ("encode", "shards", "data", "train", "runs")
 # What each stage may import besides itself and the base modules (errors, fsutil, flags,
-# resources, tokenizer_loader): earlier stages only. train writes run folders through
+# progress, resources, tokenizer_loader): earlier stages only. train writes run folders through
 # runs.folder and runs.history; runs.load grows a model's embeddings as training did, and
 # export rebuilds a QLoRA run's quantization from train.quant.
 ALLOWED = {
@@ -23,7 +23,8 @@ ALLOWED = {
     "runs": {"train.model", "train.quant"},
 }
 ENTRY_POINTS = {"llt.cli", "llt.quickstart", "llt.__main__"}
-BASE = {"llt", "llt.errors", "llt.fsutil", "llt.flags", "llt.resources", "llt.tokenizer_loader", "llt.toy"}
+BASE = {"llt", "llt.errors", "llt.fsutil", "llt.flags", "llt.progress", "llt.resources", "llt.tokenizer_loader",
+        "llt.toy"}
 
 
 def modules() -> dict[str, ast.Module]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,27 @@ def test_a_misspelled_flag_is_one_line_with_the_closest_flags_under_every_launch
     lines = [line for line in proc.stderr.splitlines() if "llt train: error:" in line]
     assert lines == ["llt train: error: unknown flag --lerning_rate; did you mean --learning_rate? (see --help)"]
     assert "HfArgumentParser" not in proc.stderr and "Some specified arguments" not in proc.stderr
+
+
+def test_progress_written_to_a_pipe_is_plain_lines_not_carriage_returns(tmp_path, tiny_model_dir, toy_corpora,
+                                                                        tiny_tok_dir):
+    import os
+
+    from llt.toy import toy_records, write_jsonl
+
+    env = dict(os.environ, LLT_PROGRESS_SECONDS="0")
+    train = subprocess.run([sys.executable, "-m", "llt", "train", "--model_path", str(tiny_model_dir),
+                            "--data_path", str(toy_corpora["qa"]), "--output_path", str(tmp_path / "runs"),
+                            "--use_cpu", "--report_to", "none", "--deepspeed_config_path", "none",
+                            "--max_steps", "3"], capture_output=True, text=True, timeout=600, env=env)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "\r" not in train.stderr + train.stdout
+    assert [line for line in train.stderr.splitlines() if line.startswith("llt: step")][-1].startswith(
+        "llt: step 3/3 (100%)")
+    data = write_jsonl(tmp_path / "t.jsonl", toy_records(50)[0])
+    enc = subprocess.run([sys.executable, "-m", "llt", "encode", "--tokenizer_path", str(tiny_tok_dir),
+                          "--input_path", str(data), "--output_path", str(tmp_path / "out"), "--corpus_name", "c"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert enc.returncode == 0, enc.stderr[-3000:]
+    assert "\r" not in enc.stderr
+    assert re.search(r"^encode c: [\d.]+k? tok \([\d.]+[kM]? tok/s, \d+ s\), done$", enc.stderr, re.M)

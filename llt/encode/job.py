@@ -141,10 +141,9 @@ def hub_parts(args: EncodeArgs, inputs: list[tuple[str, str]], workers: int) -> 
 def collect(run: _Run, progress_bar: bool = True) -> dict[int, tuple]:
     """Feed streamed records to the workers and wait for each one's result, with a
     progress bar in tokens; a worker's error or death is raised here."""
-    from tqdm import tqdm
+    from llt.progress import progress
 
-    bar = tqdm(desc=f"encode {run.args.corpus_name}", unit="tok", unit_scale=True,
-               disable=not progress_bar, file=sys.stderr, smoothing=0.1)
+    bar = progress(f"encode {run.args.corpus_name}", "tok", enabled=progress_bar, smoothing=0.1)
     done: dict[int, tuple] = {}
     shown = 0
 

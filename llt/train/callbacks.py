@@ -154,6 +154,33 @@ class CorpusMixCallback(TrainerCallback):
             state.log_history[-1].update(figures)
 
 
+class ProgressLineCallback(TrainerCallback):
+    """Training progress as a plain line every `LLT_PROGRESS_SECONDS` (default 30) when
+    stderr is a file or a pipe, where HF's tqdm bar would write a carriage-return update per
+    step (llt then turns the bar off; see `LltTrainingArguments`)."""
+
+    def __init__(self, every: float | None = None):
+        from llt.progress import interval
+
+        self.every = interval() if every is None else every
+        self.start = self.last = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = self.last = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.monotonic()
+        if not state.is_world_process_zero or now - self.last < self.every:
+            return
+        self.last = now
+        done, total = state.global_step, state.max_steps or 0
+        secs = now - self.start
+        eta = f", ETA {secs / done * (total - done):.0f} s" if done and total else ""
+        pct = f" ({100 * done / total:.0f}%)" if total else ""
+        import sys
+        print(f"llt: step {done:,}/{total:,}{pct}, {secs:.0f} s{eta}", file=sys.stderr, flush=True)
+
+
 class LossReportCallback(TrainerCallback):
     """Writes the loss history, its plot and `run_summary.json` into the run folder at the
     end (each checkpoint gets its own history and plot as it is written, see

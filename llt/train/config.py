@@ -142,6 +142,16 @@ class LltTrainingArguments(TrainingArguments):
 
     def _llt_resolve(self) -> None:
         """Turn llt's flags into HF's before HF validates them."""
+        from llt.progress import is_tty
+
+        # In a log file or pipe, a tqdm bar is a line per step: llt prints a line every
+        # LLT_PROGRESS_SECONDS instead (ProgressLineCallback), unless --disable_tqdm is given.
+        self.progress_lines = self.disable_tqdm is None and not is_tty()
+        if self.progress_lines:
+            from transformers.utils import logging as hf_logging
+
+            self.disable_tqdm = True
+            hf_logging.disable_progress_bar()  # loading/saving bars would fill the log the same way
         self.deepspeed = resolve_deepspeed(self.deepspeed)
         self.save_only_model = not self.save_optimizer
         if self.save_steps and self.save_steps > 0:

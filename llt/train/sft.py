@@ -77,8 +77,7 @@ def build(model_args, data_args, lora_args, args):
     from llt.data.collate import make_collator
     from llt.data.run_data import build_data, corpus_specs
     from llt.train.attention import is_varlen
-    from llt.train.callbacks import (CorpusMixCallback, LossReportCallback, PreemptionCallback,
-                                     SaveScheduleCallback, ThroughputCallback, peak_tflops)
+    from llt.train.callbacks import CorpusMixCallback, PreemptionCallback, ThroughputCallback, peak_tflops
     from llt.train.checks import check_data_fits, verify_on_local_main
     from llt.train.lora import apply_lora
     from llt.train.loss import use_chunked_loss
@@ -114,7 +113,7 @@ def build(model_args, data_args, lora_args, args):
         model = apply_lora(model, lora_args, new_ids)
     mix = CorpusMixCallback(data.names) if data.dataset.n_corpora > 1 else None
     preemption = PreemptionCallback()
-    callbacks = [LossReportCallback(), SaveScheduleCallback(args.save_epochs, args.save_final), preemption]
+    callbacks = _callbacks(args, preemption)
     trainer = LltTrainer(
         model=model, args=args, train_dataset=data.dataset, processing_class=tokenizer,
         data_collator=collator, callbacks=callbacks, shuffle_data=data_args.shuffle_data,
@@ -132,6 +131,15 @@ def build(model_args, data_args, lora_args, args):
                     lora_args=lora_args, args=args)
         write_run_report(args.output_dir, args, data, model)
     return trainer
+
+
+def _callbacks(args, preemption) -> list:
+    from llt.train.callbacks import LossReportCallback, ProgressLineCallback, SaveScheduleCallback
+
+    callbacks = [LossReportCallback(), SaveScheduleCallback(args.save_epochs, args.save_final), preemption]
+    if getattr(args, "progress_lines", False):
+        callbacks.append(ProgressLineCallback())
+    return callbacks
 
 
 def save_config(folder: str, **groups) -> Path:
