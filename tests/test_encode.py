@@ -275,3 +275,19 @@ def test_spawn_start_method_gives_the_same_shards(tmp_path, tiny_tok_dir, monkey
     _, spawned = encode(tmp_path, tiny_tok_dir, [src], encode_type="qa", corpus_name="spawn", num_workers=2)
     strip = lambda corpus: [(t, m.tolist(), d) for t, m, d in read_corpus(corpus)]
     assert strip(forked) == strip(spawned)
+
+
+def test_truncate_says_why_a_chat_with_nothing_trained_before_the_cut_was_dropped(tmp_path, tiny_tok_dir):
+    from llt.encode.summary import describe
+
+    long_user = " ".join(str(i) for i in range(200))
+    recs = [{"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]},
+            {"messages": [{"role": "user", "content": long_user}, {"role": "assistant", "content": "Ok."}]}]
+    src = write_jsonl(tmp_path / "chat.jsonl", recs)
+    manifest, corpus = encode(tmp_path, tiny_tok_dir, [src], encode_type="chat", max_length=48, overlong="truncate")
+    s = manifest["stats"]
+    assert len(read_corpus(corpus)) == 1
+    assert s["dropped_overlong"] == 1 and s["dropped_nothing_trained"] == 1 and s["truncated"] == 0
+    text = describe(manifest, corpus)
+    assert "1 of the dropped overlong samples had no trained token in their first 48 tokens" in text
+    assert "raise --max_length" in text

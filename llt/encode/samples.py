@@ -39,6 +39,9 @@ class EncodeStats:
     records: int = 0
     skipped_empty: int = 0  # empty text / empty answer / no assistant turn
     dropped_overlong: int = 0
+    # of those, with --overlong truncate: no trained token within the first max_length
+    # (a chat whose assistant turns all start past the cut), so nothing would be learnt
+    dropped_nothing_trained: int = 0
     truncated: int = 0
     samples_before_packing: int = 0
     samples: int = 0
@@ -369,6 +372,7 @@ class SampleBuilder:
                         self.stats.truncated += 1
                     else:
                         self.stats.dropped_overlong += 1
+                        self.stats.dropped_nothing_trained += 1
                 else:
                     self.stats.dropped_overlong += 1
             batch = join_samples(kept, True)

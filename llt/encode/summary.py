@@ -79,6 +79,10 @@ def describe(manifest: dict, corpus_dir: Path) -> str:
         f"  tokens   {s['tokens']:>13,}  trained {s['trained_tokens']:,} "
         f"({100 * s['trained_fraction']:.1f}%)",
     ]
+    if s.get("dropped_nothing_trained"):
+        lines.append(f"  {'':13}    {s['dropped_nothing_trained']:,} of the dropped overlong samples had no trained "
+                     f"token in their first {manifest['max_length']:,} tokens (--overlong truncate keeps a "
+                     "sample only if some of it is still trained); raise --max_length to keep them")
     if s["packing_efficiency"] is not None:
         lines.append(f"  packing  {100 * s['packing_efficiency']:>12.2f}%  "
                      f"{s['samples_before_packing']:,} samples into {s['samples']:,} bins of "

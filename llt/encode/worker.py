@@ -97,7 +97,7 @@ def encode_worker(k: int, job: WorkerJob, inbox, results, progress) -> None:
         shards = sink.close()
         progress[k] = sink.stats.tokens
         stats = sink.stats
-        for name in ("records", "skipped_empty", "dropped_overlong", "truncated",
+        for name in ("records", "skipped_empty", "dropped_overlong", "dropped_nothing_trained", "truncated",
                      "samples_before_packing"):
             setattr(stats, name, getattr(builder.stats, name))
         results.put(("done", k, stats, shards))
