@@ -209,3 +209,44 @@ def test_damaged_shards_are_verified_once_per_node_and_stop_every_rank(tmp_path,
     assert proc.returncode != 0
     assert proc.stderr.count("llt train: error: --data_path: the shards failed verification") == 2, proc.stderr[-3000:]
     assert not list((tmp_path / "out").glob("*/checkpoint-*"))
+
+
+@pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
+def test_two_processes_without_use_cpu_on_a_machine_without_gpu_train_each_sample_once(
+        tmp_path, tiny_model_dir, toy_corpora, launcher):
+    """No --use_cpu, no GPU: the processes train on the CPU as one world of 2 (once, HF saw a
+    world of 1 in each process: every sample twice, then a crash at the first save)."""
+    corpus = toy_corpora["qa"]
+    rec = tmp_path / "seen"
+    head = {"accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                           "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "--main_process_port", "29601"],
+            "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                         "--master_port", "29602"]}[launcher]
+    flags = [f for f in _flags(tiny_model_dir, corpus, tmp_path / "out") if f != "--use_cpu"]
+    proc = _launch([*head, str(HELPER), str(rec), *flags, "--max_epochs", "1", "--save_steps", "5",
+                    "--deepspeed_config_path", "none"])
+    assert proc.stderr.count("llt: no GPU here: the 2 launched processes train on the CPU") == 1
+    ranks = [json.loads(Path(f"{rec}.rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    trained = [i for r in ranks for i in r["seen"] if i >= 0]
+    assert sorted(trained) == list(range(len(ShardDataset(corpus))))  # each sample once
+    run = run_folder(tmp_path / "out")
+    assert (run / "checkpoint-19").is_dir() and (run / "checkpoint-15").is_dir()
+
+
+def test_a_world_that_hf_sees_differently_is_refused_naming_both_views(monkeypatch):
+    from types import SimpleNamespace
+
+    from llt.errors import ConfigError
+    from llt.train.checks import check_world
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    hf = SimpleNamespace(world_size=1, process_index=0, should_save=True)
+    with pytest.raises(ConfigError, match=r"the launcher started world size 2, this is rank 1; the training "
+                                          r"arguments see world size 1, rank 0, should_save True"):
+        check_world(hf)
+    check_world(SimpleNamespace(world_size=2, process_index=1, should_save=False))  # agreeing views pass
+    with pytest.raises(ConfigError, match="should_save True"):
+        check_world(SimpleNamespace(world_size=2, process_index=1, should_save=True))

@@ -3,9 +3,36 @@ hour in."""
 
 from __future__ import annotations
 
+import logging
+
 from llt.errors import ConfigError, DataError
 from llt.shards.fingerprint import vocab_fingerprint
 from llt.train.model import embedding_rows
+
+
+def check_world(args) -> None:
+    """The launcher's world (WORLD_SIZE/RANK, the process group) and HF's view of it
+    (`args.world_size`, `args.process_index`, `args.should_save`) must agree: if they do
+    not, every process trains every sample and all of them save into the same folder."""
+    import os
+
+    import torch.distributed as dist
+
+    launcher = {"world size": int(os.environ.get("WORLD_SIZE", "1") or 1),
+                "rank": int(os.environ.get("RANK", "0") or 0)}
+    if dist.is_available() and dist.is_initialized():
+        launcher = {"world size": dist.get_world_size(), "rank": dist.get_rank()}
+    if getattr(args, "_cpu_world", False) and args.process_index == 0:
+        logging.getLogger("llt").warning(
+            "llt: no GPU here: the %d launched processes train on the CPU (gloo), as with --use_cpu",
+            launcher["world size"])
+    hf = {"world size": args.world_size, "rank": args.process_index}
+    if launcher != hf or args.should_save != (args.process_index == 0):
+        raise ConfigError(
+            f"the launcher started world size {launcher['world size']}, this is rank {launcher['rank']}; "
+            f"the training arguments see world size {hf['world size']}, rank {hf['rank']}, should_save "
+            f"{args.should_save}. Training would repeat every sample on every process; launch with "
+            "--use_cpu on a machine without a GPU, or check the launcher's device settings")
 
 
 def verify_on_local_main(data_paths: list[str], args) -> None:

@@ -153,6 +153,7 @@ class LltTrainingArguments(TrainingArguments):
             self.disable_tqdm = True
             hf_logging.disable_progress_bar()  # loading/saving bars would fill the log the same way
         self.deepspeed = resolve_deepspeed(self.deepspeed)
+        self._cpu_world = cpu_only_launch(self)
         self.save_only_model = not self.save_optimizer
         if self.save_steps and self.save_steps > 0:
             self.save_strategy = "steps"
@@ -182,6 +183,25 @@ class LltTrainingArguments(TrainingArguments):
         self._stamp_run = self.output_dir is None
         if self._stamp_run:
             self.output_dir = str(Path(self.output_path) / self.save_name)  # replaced after init
+
+
+def cpu_only_launch(args) -> bool:
+    """A multi-process launch on a machine without an accelerator and without --use_cpu:
+    train on the CPU as the user meant (HF would otherwise set up a world of one in each
+    process, and every process would train every sample). Returns whether it did."""
+    import os
+
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if args.use_cpu or world < 2:
+        return False
+    has_accelerator = torch.cuda.is_available() or (
+        hasattr(torch, "accelerator") and torch.accelerator.is_available())
+    if has_accelerator:
+        return False
+    args.use_cpu = True
+    return True
 
 
 def resolve_deepspeed(value: str | None) -> str | None:

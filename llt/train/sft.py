@@ -78,7 +78,7 @@ def build(model_args, data_args, lora_args, args):
     from llt.data.run_data import build_data, corpus_specs
     from llt.train.attention import is_varlen
     from llt.train.callbacks import CorpusMixCallback, PreemptionCallback, ThroughputCallback, peak_tflops
-    from llt.train.checks import check_data_fits, verify_on_local_main
+    from llt.train.checks import check_data_fits, check_world, verify_on_local_main
     from llt.train.lora import apply_lora
     from llt.train.loss import use_chunked_loss
     from llt.train.model import flops_per_token_info, load_model, load_training_tokenizer
@@ -89,6 +89,7 @@ def build(model_args, data_args, lora_args, args):
 
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING,
                         format="%(message)s")
+    check_world(args)
     tokenizer, new_ids = load_training_tokenizer(model_args)
     quantization = quantization_config(model_args, args, lora_args.use_lora)  # fails before any data work
     # Seed now, not only in Trainer.__init__ (after the model exists): LoRA's A matrices are
