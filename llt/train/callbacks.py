@@ -243,6 +243,11 @@ class PreemptionCallback(TrainerCallback):
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            # Under `llt launch`, say which processes train: the signal goes to them, not to
+            # a launcher that would quit (or kill them) before the checkpoint is saved.
+            import os
+            if os.environ.get("LLT_LAUNCH_DIR"):
+                Path(os.environ["LLT_LAUNCH_DIR"], str(os.getpid())).touch()
 
     def on_step_end(self, args, state, control, **kw):
         flag = 1.0 if self.received is not None else 0.0
