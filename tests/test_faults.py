@@ -262,3 +262,23 @@ def test_shards_that_do_not_fit_the_model_stop_before_the_first_step(tmp_path, t
                   str(other), "--output_path", str(tmp_path / "o2"), "--max_steps", "1"]) == 2
     err = capsys.readouterr().err
     assert "300-token vocabulary" in err and "200 embedding rows" in err
+
+
+def test_the_trash_of_a_rotation_killed_mid_delete_is_cleared_by_the_next_save(tmp_path):
+    """A kill between rotation's rename and its delete leaves `.partial/deleting-checkpoint-N`
+    (seen once in CI's kill -9 test): the next save clears it."""
+    from llt.train.checkpointing import clear_staging, publish, staging_dir
+
+    run = tmp_path / "run"
+    (run / "checkpoint-3").mkdir(parents=True)  # replaced-checkpoint-3 is an old copy of it
+    for leftover in ("deleting-checkpoint-17", "replaced-checkpoint-3"):
+        (staging_dir(run) / leftover).mkdir(parents=True)
+        (staging_dir(run) / leftover / "model.safetensors").write_bytes(b"x")
+    clear_staging(run, "checkpoint-30")
+    (staging_dir(run) / "checkpoint-30").mkdir()
+    publish(run, "checkpoint-30", limit=None, best=None)
+    assert (run / "checkpoint-30").is_dir() and not staging_dir(run).exists()
+    # A replacement killed before the new copy moved in: its trash is the only copy; kept.
+    (staging_dir(run) / "replaced-checkpoint-40").mkdir(parents=True)
+    clear_staging(run, "checkpoint-41")
+    assert (staging_dir(run) / "replaced-checkpoint-40").is_dir()

@@ -31,6 +31,7 @@ def launchers(port: int) -> dict[str, list[str]]:
                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                          "--main_process_port", str(port), RECIPE],
         "torchrun": [py, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(port), RECIPE],
+        "deepspeed": [py, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", str(port), RECIPE],
     }
 
 
@@ -76,7 +77,8 @@ def interrupt(cmd: list[str], run: Path, sig: int, whole_group: bool) -> dict:
 @pytest.mark.parametrize("launcher,sig,whole_group", [
     ("python", signal.SIGTERM, False), ("llt train", signal.SIGUSR1, True),
     ("accelerate 1", signal.SIGTERM, False), ("accelerate 1", signal.SIGTERM, True),
-    ("accelerate 2", signal.SIGUSR1, False), ("torchrun", signal.SIGTERM, True)])
+    ("accelerate 2", signal.SIGUSR1, False), ("torchrun", signal.SIGTERM, True),
+    ("deepspeed", signal.SIGTERM, False)])
 def test_llt_launch_exits_only_after_the_preemption_checkpoint_is_complete(
         tmp_path, tiny_model_dir, toy_corpora, launcher, sig, whole_group):
     run = tmp_path / "run"

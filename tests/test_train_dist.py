@@ -250,3 +250,20 @@ def test_a_world_that_hf_sees_differently_is_refused_naming_both_views(monkeypat
     check_world(SimpleNamespace(world_size=2, process_index=1, should_save=False))  # agreeing views pass
     with pytest.raises(ConfigError, match="should_save True"):
         check_world(SimpleNamespace(world_size=2, process_index=1, should_save=True))
+
+
+def test_qlora_under_deepspeed_zero3_stores_the_4bit_weights_in_the_training_dtype(tmp_path, tiny_model_dir,
+                                                                                  toy_corpora):
+    """ZeRO-3 partitions parameters of one dtype: with a 4-bit base, llt stores the packed
+    weights in the training dtype (--bnb_4bit_quant_storage auto). World size 1 on CPU."""
+    pytest.importorskip("deepspeed")
+    pytest.importorskip("bitsandbytes")
+    proc = _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port",
+                    "29533", str(ROOT / "recipes" / "sft.py"),
+                    *_flags(tiny_model_dir, toy_corpora["qa_packed"], tmp_path, "--max_steps", "3",
+                            "--deepspeed_config_path", "configs/deepspeed/zero3.json", "--use_lora",
+                            "--load_in_4bit", "--save_optimizer")])
+    assert "storage float32) by bitsandbytes" in proc.stderr
+    history = json.loads((run_folder(tmp_path) / "checkpoint-3" / "loss_history.json").read_text())
+    assert [e["step"] for e in history] == [1, 2, 3] and history[-1]["loss"] < history[0]["loss"]
+    assert (run_folder(tmp_path) / "checkpoint-3" / "adapter_model.safetensors").is_file()

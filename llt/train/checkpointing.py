@@ -22,9 +22,15 @@ def staging_dir(run_dir: Path) -> Path:
 
 
 def clear_staging(run_dir: Path, name: str) -> None:
-    """Remove what an interrupted save of `name` left, and make the staging folder."""
+    """Remove what an interrupted save of `name` left, and the trash of an interrupted
+    rotation (`deleting-*`) or replacement (`replaced-X`, once `X` is back in the run
+    folder: before that it is the only copy); make the staging folder."""
     staging = staging_dir(run_dir)
     shutil.rmtree(staging / name, ignore_errors=True)
+    trash = [*staging.glob("deleting-*"), *(p for p in staging.glob("replaced-*")
+                                           if (Path(run_dir) / p.name.removeprefix("replaced-")).is_dir())]
+    for p in trash:
+        shutil.rmtree(p, ignore_errors=True)
     staging.mkdir(parents=True, exist_ok=True)
 
 
