@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from train import ALPACA, FETCH, StepClock  # noqa: E402  (bench/train.py)
+from train import StepClock, prepare_alpaca, run_child  # noqa: E402  (bench/train.py)
 
 MODES = {"lora": ([], False), "qlora": (["--load_in_4bit", "--use_bnb_nested_quant", "true"], False),
          "dora": ([], True), "qlora_dora": (["--load_in_4bit", "--use_bnb_nested_quant", "true"], True)}
@@ -89,32 +88,16 @@ def main() -> None:
     args = ap.parse_args()
     if args._child:
         return child(args)
-    for need in (ALPACA, FETCH):
-        if not need.exists():
-            sys.exit(f"bench/qlora.py needs {need} (the ../shared assets folder)")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="llt-bench-qlora-"))
-    model = subprocess.run([sys.executable, str(FETCH)], capture_output=True, text=True,
-                           check=True).stdout.strip().splitlines()[-1]
-    from llt.cli import main as llt
+    model = prepare_alpaca(work, args.max_length, ("packed",), "bench/qlora.py")
     corpus = work / "shards" / "packed"
-    if not (corpus / "summary.json").exists():
-        assert llt(["encode", "--input_path", str(ALPACA), "--encode_type", "qa", "--qa_template", "chat",
-                    "--q_field", "instruction", "--a_field", "output", "--tokenizer_path", model,
-                    "--output_path", str(work / "shards"), "--corpus_name", "packed",
-                    "--max_length", str(args.max_length), "--overlong", "truncate", "--merge_data"]) == 0
     results = {}
     for mode in args.modes:
         cmd = [sys.executable, __file__, "--_child", "--mode", mode, "--model", model, "--corpus", str(corpus),
                "--out", str(work / "runs" / mode), "--bs", str(args.bs), "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--threads", str(args.threads),
                "--gradient_checkpointing", str(args.gradient_checkpointing)]
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false",
-                   PYTHONPATH=str(ROOT))
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode or not line:
-            sys.exit(f"{mode} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-        results[mode] = json.loads(line[0][7:])
+        results[mode] = run_child(cmd, args.threads, mode)
         print(mode, results[mode], file=sys.stderr)
     out = {"model": "SmolLM2-135M-Instruct", "data": "alpaca_eval, packed", "max_length": args.max_length,
            "gradient_checkpointing": args.gradient_checkpointing,

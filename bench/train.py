@@ -172,6 +172,36 @@ def child(args) -> None:
     print("RESULT " + json.dumps(clock.result(args.warmup)))
 
 
+def prepare_alpaca(work: Path, max_length: int, corpora, script: str) -> str:
+    """SmolLM2-135M-Instruct's folder, with alpaca_eval encoded as chat q/a pairs under
+    `work/shards/<name>` for each of `corpora` ("packed" and/or "unpacked"), once."""
+    for need in (ALPACA, FETCH):
+        if not need.exists():
+            sys.exit(f"{script} needs {need} (the ../shared assets folder)")
+    model = subprocess.run([sys.executable, str(FETCH)], capture_output=True, text=True,
+                           check=True).stdout.strip().splitlines()[-1]
+    from llt.cli import main as llt
+    for name in corpora:
+        if not (work / "shards" / name / "summary.json").exists():
+            rc = llt(["encode", "--input_path", str(ALPACA), "--encode_type", "qa", "--qa_template", "chat",
+                      "--q_field", "instruction", "--a_field", "output", "--tokenizer_path", model,
+                      "--output_path", str(work / "shards"), "--corpus_name", name,
+                      "--max_length", str(max_length), "--overlong", "truncate",
+                      *(["--merge_data"] if name == "packed" else [])])
+            assert rc == 0
+    return model
+
+
+def run_child(cmd: list[str], threads: int, mode: str) -> dict:
+    """Run one mode's child process with `threads` threads; its RESULT line as a dict."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not line:
+        sys.exit(f"{mode} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return json.loads(line[0][7:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=3, help="timed optimizer steps per mode")
@@ -191,20 +221,8 @@ def main() -> None:
     args = ap.parse_args()
     if args._child:
         return child(args)
-    for need in (ALPACA, FETCH):
-        if not need.exists():
-            sys.exit(f"bench/train.py needs {need} (the ../shared assets folder)")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="llt-bench-train-"))
-    model = subprocess.run([sys.executable, str(FETCH)], capture_output=True, text=True,
-                           check=True).stdout.strip().splitlines()[-1]
-    from llt.cli import main as llt
-    for name, extra in (("packed", ["--merge_data"]), ("unpacked", [])):
-        if not (work / "shards" / name / "summary.json").exists():
-            rc = llt(["encode", "--input_path", str(ALPACA), "--encode_type", "qa", "--qa_template", "chat",
-                      "--q_field", "instruction", "--a_field", "output", "--tokenizer_path", model,
-                      "--output_path", str(work / "shards"), "--corpus_name", name,
-                      "--max_length", str(args.max_length), "--overlong", "truncate", *extra])
-            assert rc == 0
+    model = prepare_alpaca(work, args.max_length, ("packed", "unpacked"), "bench/train.py")
     from llt.data.dataset import ShardDataset
     ds = ShardDataset(work / "shards" / "unpacked")
     mean_len = ds.n_tokens / len(ds)
@@ -225,13 +243,7 @@ def main() -> None:
                "--max_length", str(args.max_length)]
         if corpus:
             cmd += ["--corpus", str(work / "shards" / corpus)]
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false",
-                   PYTHONPATH=str(ROOT))
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode or not line:
-            sys.exit(f"{mode} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-        results[mode] = dict(json.loads(line[0][7:]), micro_batch=bs, grad_accum=ga)
+        results[mode] = dict(run_child(cmd, args.threads, mode), micro_batch=bs, grad_accum=ga)
         print(mode, results[mode], file=sys.stderr)
     out = {"model": "SmolLM2-135M-Instruct", "data": "alpaca_eval (805 pairs, chat template)",
            "max_length": args.max_length, "threads": args.threads, "steps": args.steps,

@@ -4,7 +4,6 @@ third-party launchers, which quit at once). Each case launches real processes (~
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

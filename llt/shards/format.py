@@ -143,7 +143,8 @@ ARRAY_DTYPES = {"sample_offsets": "u8", "span_offsets": "u8", "spans": "u4", "do
 _COUNTS = ("vocab_size", "n_samples", "n_tokens", "n_trained_tokens", "n_spans", "n_docs")
 
 
-def _is_count(v) -> bool:
+def is_count(v) -> bool:
+    """An integer >= 0 that fits an int64 (JSON booleans are not counts)."""
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 63
 
 
@@ -159,7 +160,7 @@ def check_header(header, idx_path: Path, body_bytes: int) -> None:
     if not isinstance(header.get("dtype"), str) or header["dtype"] not in TOKEN_DTYPES:
         bad(f"dtype {header.get('dtype')!r} is not one of {', '.join(TOKEN_DTYPES)}")
     for key in _COUNTS:
-        if key in header and not _is_count(header[key]):
+        if key in header and not is_count(header[key]):
             bad(f"{key} {header[key]!r} is not a count (an integer >= 0)")
     for key in _COUNTS:
         if key not in header:
@@ -183,7 +184,7 @@ def check_header(header, idx_path: Path, body_bytes: int) -> None:
     want = {"sample_offsets": n + 1, "span_offsets": n + 1, "doc_offsets": n + 1,
             "spans": 2 * header["n_spans"], "doc_starts": header["n_docs"]}
     for name, entry in arrays.items():
-        if not (isinstance(entry, list) and len(entry) == 3 and _is_count(entry[0]) and _is_count(entry[2])
+        if not (isinstance(entry, list) and len(entry) == 3 and is_count(entry[0]) and is_count(entry[2])
                 and isinstance(entry[1], str)):
             bad(f"array {name} is {entry!r}, not [offset, dtype, count]")
         offset, dtype, count = entry

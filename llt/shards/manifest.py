@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from llt.errors import DataError, LltError
+from llt.shards.format import is_count
 
 MANIFEST = "summary.json"
 MANIFEST_VERSION = 1
@@ -52,7 +53,7 @@ def check_manifest(manifest: dict, path: Path) -> None:
     if not isinstance(manifest.get("corpus_name"), str):
         bad(f"corpus_name {manifest.get('corpus_name')!r} is not a string")
     tok = manifest.get("tokenizer")
-    if not isinstance(tok, dict) or not _count(tok.get("vocab_size")) or not isinstance(
+    if not isinstance(tok, dict) or not is_count(tok.get("vocab_size")) or not isinstance(
             tok.get("fingerprint"), (str, type(None))):
         bad(f"tokenizer {tok!r} needs a vocab_size count and a fingerprint string")
     shards = manifest.get("shards")
@@ -63,14 +64,11 @@ def check_manifest(manifest: dict, path: Path) -> None:
             bad(f"shards[{i}] is not an object")
         for field, kind in _SHARD_FIELDS.items():
             value = entry.get(field)
-            if not (isinstance(value, kind) and (kind is str or _count(value))):
+            if not (isinstance(value, kind) and (kind is str or is_count(value))):
                 bad(f"shards[{i}].{field} is {value!r}")
         if "/" in entry["name"] or entry["name"].startswith("."):
             bad(f"shards[{i}].name {entry['name']!r} is not a file name in the corpus folder")
 
-
-def _count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def find_corpora(path: Path) -> list[Path]:
