@@ -57,12 +57,14 @@ def ceiling(texts: list[str], copies: int) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-def run_encoder(src: Path, out: Path, sample_memory: bool) -> dict:
+def run_encoder(src: Path, out: Path, sample_memory: bool, extra: tuple = (),
+                tokenizer: Path = TOKENIZER) -> dict:
+    """One `llt encode` subprocess: its tokens and wall time, or its peak memory."""
     import psutil
 
-    cmd = [sys.executable, "-m", "llt", "encode", "--tokenizer_path", str(TOKENIZER),
+    cmd = [sys.executable, "-m", "llt", "encode", "--tokenizer_path", str(tokenizer),
            "--input_path", str(src), "--output_path", str(out), "--corpus_name", "bench",
-           "--max_length", "4096", "--overwrite"]
+           "--max_length", "4096", "--overwrite", *extra]
     t0 = time.perf_counter()
     # A clean environment: tokenizers marks its own process's env "no parallelism" once
     # its pool has run (the ceiling above), and a child would inherit that.
@@ -90,7 +92,7 @@ def run_encoder(src: Path, out: Path, sample_memory: bool) -> dict:
         log = (out / "encode.stderr").read_text()[-2000:] if out.is_dir() else ""
         raise SystemExit(f"llt encode failed ({proc.returncode}):\n{stdout}\n{log}")
     manifest = json.loads((out / "bench" / "summary.json").read_text())
-    out = {"tokens": manifest["stats"]["tokens"], "wall_s": round(wall, 2)}
+    out = {"tokens": manifest["stats"]["tokens"], "wall_s": round(wall, 2), "stats": manifest["stats"]}
     if sample_memory:
         out = {"peak_rss_mb_largest_process": round(peak_one / 2**20),
                "peak_rss_mb_process_tree": round(peak_rss / 2**20),
@@ -139,7 +141,7 @@ def main() -> None:
             "target_ratio": 0.85, "target_peak_rss_mb": 300,
             # the encoder also writes an EOS per document, which the ceiling does not count
             "eos_tokens_included": llt["tokens"] - n,
-            **llt, **memory,
+            **{k: v for k, v in llt.items() if k != "stats"}, **memory,
         })
         print(json.dumps(results["runs"][-1]), file=sys.stderr)
     print(json.dumps(results, indent=1))

@@ -2,6 +2,8 @@
 
     llt encode --help      user data -> token shards
     llt inspect PATH       counts, length histogram, decoded samples with trained tokens marked
+    llt inspect PATH --check
+                           a chat corpus's trained turns against the chat template at generation
     llt verify PATH        checksums, headers, id ranges of every shard
     llt train --help       train on shards (recipes/sft.py on one device; use
                            `accelerate launch recipes/sft.py` for several)
@@ -53,7 +55,14 @@ def _run_module(target: str, argv: list[str]) -> int:
     return getattr(importlib.import_module(module), func or "main")(argv)
 
 
-COMMANDS = {"encode": _encode, **{name: (lambda argv, t=t: _run_module(t, argv)) for name, t in MODULES.items()}}
+def _inspect(argv: list[str]) -> int:
+    if "--check" in argv:  # re-encodes records: the encoder's stage, which inspect may not import
+        return _run_module("llt.encode.check:check_main", argv)
+    return _run_module(MODULES["inspect"], argv)
+
+
+COMMANDS = {"encode": _encode, **{name: (lambda argv, t=t: _run_module(t, argv)) for name, t in MODULES.items()},
+            "inspect": _inspect}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -112,7 +112,9 @@ def test_chat_exact_ids_and_assistant_only_mask(tmp_path, tiny_tok, tiny_tok_dir
     _, corpus = encode(tmp_path, tiny_tok_dir, [src], encode_type="chat", max_length=512)
     got = read_corpus(corpus)
     for (toks, mask, _), rec in zip(got, recs):
-        want = tiny_tok.apply_chat_template(rec["messages"], tokenize=False)
+        # The sample ends where the last assistant turn does: the newline the template
+        # writes after <|im_end|> is not generated, so it is not part of the sample.
+        want = tiny_tok.apply_chat_template(rec["messages"], tokenize=False).rstrip()
         assert toks == ids(tiny_tok, want)
         turns = [m["content"] + "<|im_end|>" for m in rec["messages"] if m["role"] == "assistant"]
         assert assistant_text(tiny_tok, toks, mask) == turns
@@ -123,7 +125,7 @@ def test_qa_through_chat_template(tmp_path, tiny_tok, tiny_tok_dir):
     _, corpus = encode(tmp_path, tiny_tok_dir, [src], encode_type="qa", qa_template="chat")
     for (toks, mask, _), rec in zip(read_corpus(corpus), QA[:5]):
         msgs = [{"role": "user", "content": rec["q"]}, {"role": "assistant", "content": rec["a"]}]
-        assert toks == ids(tiny_tok, tiny_tok.apply_chat_template(msgs, tokenize=False))
+        assert toks == ids(tiny_tok, tiny_tok.apply_chat_template(msgs, tokenize=False).rstrip())
         assert assistant_text(tiny_tok, toks, mask) == [rec["a"] + "<|im_end|>"]
 
 

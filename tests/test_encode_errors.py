@@ -55,7 +55,7 @@ def test_wrong_record_types_name_the_record(tmp_path, tiny_tok_dir):
     src = write_jsonl(tmp_path / "n.jsonl", [{"text": "fine"}, {"text": None}])
     fails(tmp_path, tiny_tok_dir, r"n\.jsonl: line 2: field 'text' is NoneType, expected str", inputs=[src])
     src = write_jsonl(tmp_path / "m.jsonl", [{"messages": [{"role": "user", "content": 5}]}])
-    fails(tmp_path, tiny_tok_dir, r"m\.jsonl: line 1: message 0 must be an object with string 'role' and 'content'",
+    fails(tmp_path, tiny_tok_dir, r"m\.jsonl: line 1: message 0: content is int, expected a string or a list of text parts",
           inputs=[src], encode_type="chat")
 
 

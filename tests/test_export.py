@@ -189,3 +189,21 @@ def test_generate_answers_what_training_taught_with_the_chat_template(tmp_path, 
     # --raw skips the template: the model never saw these prompts bare.
     assert llt(["generate", str(run), "--raw", "--max_new_tokens", "8", "--prompt", pairs[0]["q"]]) == 0
     assert pairs[0]["a"] not in capsys.readouterr().out
+
+
+def test_a_chat_template_given_at_encode_time_goes_with_the_run_to_export(tmp_path, tiny_tok_dir, tiny_model_dir):
+    """`llt encode --chat_template FILE`: the run saves that template with its tokenizer, so the
+    exported model is prompted as it was trained."""
+    from transformers import AutoTokenizer
+
+    from llt.toy import CHATML, write_jsonl
+
+    custom = CHATML.replace("<|im_start|>", "<|im_start|> ")  # any template that differs from the tokenizer's
+    (tmp_path / "t.jinja").write_text(custom)
+    recs = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}] * 8
+    manifest, corpus = encode(tmp_path, tiny_tok_dir, [write_jsonl(tmp_path / "c.jsonl", recs)],
+                              encode_type="chat", chat_template=str(tmp_path / "t.jinja"))
+    assert manifest["chat"]["template"] == custom and manifest["chat"]["template_file"] == str(tmp_path / "t.jinja")
+    assert train(_args(tiny_model_dir, corpus, tmp_path / "runs", "--max_steps", "1")) == 0
+    assert llt(["export", str(run_folder(tmp_path / "runs")), "--out", str(tmp_path / "export")]) == 0
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "export")).chat_template == custom

@@ -62,6 +62,25 @@ class EncodeArgs:
     a_field: str = field(default="a", **_help("Field holding the answer (qa)."))
     messages_field: str = field(default="messages", **_help(
         "Field holding the list of {role, content} messages (chat)."))
+    tools_field: str = field(default="tools", **_help(
+        "Field holding a chat record's tool schemas (a list of JSON schemas, or that list as "
+        "a JSON string), passed to the chat template as `tools`."))
+    chat_template: str | None = field(default=None, **_help(
+        "A Jinja chat template file to encode with instead of the tokenizer's own (e.g. one that "
+        "keeps reasoning the published template drops). It is recorded in summary.json and "
+        "saved with every run trained on the corpus, so export and generate use it too."))
+    chat_template_kwargs: str | None = field(default=None, **_help(
+        "Keyword arguments for the chat template as a JSON object, e.g. "
+        "'{\"enable_thinking\": false}'. Recorded in summary.json."))
+    chat_date: str | None = field(default=None, **_help(
+        "The date (YYYY-MM-DD) that date-stamped templates (Llama 3.2, gpt-oss) write; default: "
+        "today, recorded in summary.json. Give it to make an encode reproducible."))
+    train_turns: Literal["all", "last"] = field(default="all", **_help(
+        "chat: train every assistant turn, or only each conversation's last one (then a "
+        "conversation is always one sample, even with templates that rewrite history)."))
+    unrendered: Literal["error", "skip"] = field(default="error", **_help(
+        "chat: a message whose content, reasoning or tool calls the template does not render "
+        "is an error naming the record; `skip` skips such conversations and counts them."))
     split: str = field(default="train", **_help("Split to read from --dataset or a HF DatasetDict folder."))
     qa_template: Literal["plain", "chat"] = field(default="plain", **_help(
         "plain: question ids + answer ids + EOS (the seed's format); chat: render each pair "
@@ -93,5 +112,21 @@ class EncodeArgs:
             raise LltError(f"--tokens_per_file must be positive, got {self.tokens_per_file}")
         if not self.corpus_name or "/" in self.corpus_name or self.corpus_name.startswith("."):
             raise LltError(f"--corpus_name {self.corpus_name!r} must be a plain folder name")
+        if self.chat_template_kwargs is not None:
+            import json
+
+            try:
+                kwargs = json.loads(self.chat_template_kwargs)
+            except json.JSONDecodeError as e:
+                raise LltError(f"--chat_template_kwargs is not valid JSON: {e.msg}") from None
+            if not isinstance(kwargs, dict):
+                raise LltError("--chat_template_kwargs must be a JSON object, e.g. '{\"enable_thinking\": false}'")
+        if self.chat_date is not None:
+            import datetime
+
+            try:
+                datetime.date.fromisoformat(self.chat_date)
+            except ValueError:
+                raise LltError(f"--chat_date {self.chat_date!r} is not a date like 2026-01-31") from None
         if self.num_workers < 0 or self.batch_size < 1:
             raise LltError("--num_workers must be >= 0 and --batch_size >= 1")

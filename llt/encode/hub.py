@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from llt.encode.sources import Batch, Part, SourceError
+from llt.encode.sources import Batch, Part, SourceError, resolve_columns
 
 URL_BUILDERS = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".gz": "json",
                 ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
@@ -108,18 +108,11 @@ def dataset_parts(spec: DatasetSpec, workers: int) -> tuple[list[tuple[Part, flo
     return ([(Part("dataset", spec.label, 0, len(ds), dataset=spec), float(len(ds)))] if len(ds) else []), []
 
 
-def _check_columns(spec: DatasetSpec, names, columns: list[str]) -> None:
-    missing = [c for c in columns if names is not None and c not in names]
-    if missing:
-        raise SourceError(f"{spec.label}: no column {missing[0]!r} (columns: {', '.join(names)}); "
-                          "set the field flag")
-
-
 def dataset_batches(part: Part, batch_size: int, columns: list[str]) -> Iterator[Batch]:
     """Batches of a loaded dataset's rows [start, end) or of a stream shard (in a worker)."""
     spec = part.dataset
     ds = spec.load()
-    _check_columns(spec, ds.column_names, columns)
+    columns = resolve_columns(spec.label, columns, ds.column_names)
     ds = ds.select_columns(columns)
     if part.kind == "stream":
         ds = ds.shard(num_shards=part.end, index=part.start, contiguous=True)

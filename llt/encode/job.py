@@ -16,7 +16,10 @@ same command discards it and starts over.
 
 from __future__ import annotations
 
+import datetime
 import gc
+import hashlib
+import json
 import multiprocessing as mp
 import os
 import queue
@@ -58,6 +61,7 @@ class _Run:
     streamed: bool
     inputs: list
     started: float
+    chat: dict | None = None  # the chat template section of summary.json
 
 
 def run_encode(args: EncodeArgs, progress_bar: bool = True) -> dict:
@@ -81,6 +85,14 @@ def start_workers(args: EncodeArgs) -> _Run:
         dtype = choose_dtype(args.save_dtype, info.vocab_size)
     except ValueError as e:
         raise LltError(f"{e} (--tokenizer_path {args.tokenizer_path})") from None
+    chat = None
+    if args.uses_chat_template:  # build it here once: a bad template fails before any work
+        date = args.chat_date or datetime.date.today().isoformat()
+        template = worker.chat_encoder(tok, args, date).template
+        chat = {"template": template.source, "template_file": args.chat_template,
+                "template_sha256": hashlib.sha256(template.source.encode()).hexdigest(),
+                "kwargs": json.loads(args.chat_template_kwargs or "{}"), "date": date,
+                "style": asdict(template.style), "train_turns": args.train_turns}
     inputs = find_inputs(args.input_path)
     corpus_dir = Path(args.output_path) / args.corpus_name
     old = _prepare_output(corpus_dir, args.corpus_name, args.overwrite)
@@ -106,7 +118,8 @@ def start_workers(args: EncodeArgs) -> _Run:
     procs = []
     for k in range(n_procs):
         job = worker.WorkerJob(args, info, dtype, tmp_dir, os.getpid(), groups[k] if k < len(groups) else [],
-                               tokenizer_threads=max(2, -(-_available_cores() // n_procs)))
+                               tokenizer_threads=max(2, -(-_available_cores() // n_procs)),
+                               chat_date=chat and chat["date"])
         procs.append(ctx.Process(target=worker.encode_worker, args=(k, job, inboxes[k], results, progress),
                                  daemon=True, name=f"llt-encode-{k}"))
     worker.INHERITED_TOKENIZER = tok
@@ -119,7 +132,7 @@ def start_workers(args: EncodeArgs) -> _Run:
     finally:
         gc.unfreeze()
         worker.INHERITED_TOKENIZER = None
-    return _Run(args, info, dtype, corpus_dir, old, procs, inboxes, results, progress, streamed, inputs, t0)
+    return _Run(args, info, dtype, corpus_dir, old, procs, inboxes, results, progress, streamed, inputs, t0, chat)
 
 
 def hub_parts(args: EncodeArgs, inputs: list[tuple[str, str]], workers: int) -> tuple[list, list]:
@@ -184,7 +197,7 @@ def finish(run: _Run, done: dict[int, tuple]) -> dict:
     entries = _finalize(run.corpus_dir, run.args.corpus_name, shards, run.old_files)
     shutil.rmtree(run.corpus_dir / PARTIAL_DIR, ignore_errors=True)
     return write_manifest(run.corpus_dir, args=asdict(run.args), info=run.info, dtype=run.dtype,
-                          stats=stats, shards=entries, seconds=time.time() - run.started)
+                          stats=stats, shards=entries, seconds=time.time() - run.started, chat=run.chat)
 
 
 def _check_alive(run: _Run, done: dict) -> None:

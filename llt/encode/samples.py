@@ -8,9 +8,10 @@ them, tokenizes them in one batched call and returns a `SampleBatch` of flat arr
   document inside a sample is recorded, so the trainer can keep documents apart.
 * `qa` (plain, seed-compatible): `prefix + ids(q) + ids(a) + [eos]`, loss on the answer
   ids and the EOS. `q` and `a` are tokenized separately, exactly as the seed did.
-* `chat` (and `qa` with `--qa_template chat`): the conversation rendered with the
-  tokenizer's chat template and tokenized whole; loss on the text of each assistant turn
-  up to and including its end-of-turn token (found without `{% generation %}` markers).
+* `chat` (and `qa` with `--qa_template chat`): each assistant turn trained on exactly the
+  text the model generates for it at inference, after the prompt it sees then, as the
+  chat template renders both (`encode.chat`); one sample per conversation where the
+  template renders it prefix by prefix, one per turn where it rewrites history.
 """
 
 from __future__ import annotations
@@ -22,14 +23,13 @@ from typing import Callable
 import numpy as np
 
 from llt.shards.writer import SampleBatch
+from llt.encode.chat import ChatEncoder, hard_ends, join_at_hard_ends, split_lengths
+from llt.encode.messages import Conversation, Message, RecordError, read_conversation
 from llt.encode.tokenizer_info import TokenizerInfo
-from llt.errors import LltError
+
+__all__ = ["EncodeStats", "Fields", "RecordError", "SampleBuilder"]
 
 Where = Callable[[int], str]  # record position in the batch -> "file: line 12" for errors
-
-
-class RecordError(LltError, ValueError):
-    """A user record cannot be encoded. The message names the source and record."""
 
 
 @dataclass
@@ -43,6 +43,12 @@ class EncodeStats:
     # (a chat whose assistant turns all start past the cut), so nothing would be learnt
     dropped_nothing_trained: int = 0
     truncated: int = 0
+    # chat: conversations skipped with --unrendered skip (the template dropped a part)
+    skipped_unrendered: int = 0
+    # chat: samples that repeat a conversation's history because the template renders it
+    # differently once later turns follow, and the history tokens they repeat
+    turn_samples: int = 0
+    extra_prompt_tokens: int = 0
     samples_before_packing: int = 0
     samples: int = 0
     tokens: int = 0
@@ -62,6 +68,7 @@ class Fields:
     q: str = "q"
     a: str = "a"
     messages: str = "messages"
+    tools: str = "tools"
 
 
 @dataclass
@@ -134,13 +141,17 @@ class SampleBuilder:
 
     def __init__(self, tok, info: TokenizerInfo, encode_type: str, max_length: int,
                  overlong: str = "drop", qa_template: str = "plain", strict: bool = False,
-                 names: Fields | None = None):
+                 names: Fields | None = None, chat: ChatEncoder | None = None):
         self.tok, self.info = tok, info
         self.backend = tok.backend_tokenizer
         self.encode_type, self.max_length = encode_type, max_length
         self.overlong, self.strict = overlong, strict
         self.use_chat = encode_type == "chat" or (encode_type == "qa" and qa_template == "chat")
         self.names = names or Fields()
+        self.chat = chat
+        self._hard_ends = hard_ends(tok) if chat is not None else {}
+        if self.use_chat and chat is None:
+            raise ValueError("chat encoding needs a ChatEncoder")
         self.has_loss_mask = encode_type != "pretrain"
         self.stats = EncodeStats()
         self._carry = np.zeros(0, np.uint32)  # pretrain tokens not yet filling a sample
@@ -265,94 +276,60 @@ class SampleBuilder:
         return self._limit(batch)
 
     # ------------------------------------------------------------------ chat
-    def _messages(self, rec, where: Where, k: int) -> list:
+    def _conversation(self, rec, where: Where, k: int) -> Conversation:
+        def say(why: str) -> RecordError:
+            return RecordError(f"{where(k)}: {why}")
+
         if self.encode_type == "qa":
             q = self._field(rec, self.names.q, where, k, str)
             a = self._field(rec, self.names.a, where, k, str)
-            return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-        msgs = rec if isinstance(rec, list) else self._field(rec, self.names.messages, where, k, list)
-        for j, m in enumerate(msgs):
-            if not (isinstance(m, dict) and isinstance(m.get("role"), str)
-                    and isinstance(m.get("content"), str)):
-                raise RecordError(f"{where(k)}: message {j} must be an object with string "
-                                  f"'role' and 'content', got {str(m)[:80]!r}")
-        return msgs
-
-    def _render(self, msgs: list, where: Where, k: int) -> tuple[str, list[tuple[int, int]]]:
-        """The rendered conversation and the character spans of its assistant turns.
-
-        Each assistant turn starts where the conversation before it, rendered with the
-        generation prompt, ends. It ends after its content and the end-of-turn token that
-        follows: found directly when the template writes the content verbatim followed by
-        the EOS (ChatML, Llama 3: one render per turn), else by rendering the conversation
-        through the turn (two renders per turn).
-        """
-        def render(part, gen):
-            return self.tok.apply_chat_template(part, tokenize=False, add_generation_prompt=gen)
-
-        def unstable(i):
-            return RecordError(
-                f"{where(k)}: the chat template renders turn {i} differently once later turns "
-                "follow, so the assistant text cannot be located; encode with a template that "
-                "renders conversations prefix by prefix")
-
-        eos = self.info.eos_token
-        try:
-            full = render(msgs, False)
-            spans = []
-            for i, m in enumerate(msgs):
-                content = m["content"]
-                if m["role"] != "assistant" or not content:
-                    continue
-                if i:
-                    before = render(msgs[:i], True)
-                else:
-                    # An empty conversation does not render (transformers takes [] for a
-                    # batch); the turn's header is what precedes its verbatim content.
-                    pos = full.find(content)
-                    before = full[:pos] if pos >= 0 else ""
-                if not full.startswith(before):
-                    raise unstable(i)
-                start = len(before)
-                if eos and full.startswith(content + eos, start):
-                    spans.append((start, start + len(content) + len(eos)))
-                    continue
-                through = render(msgs[: i + 1], False)
-                if not (full.startswith(through) and through.startswith(before)):
-                    raise unstable(i)
-                turn = through[start:]
-                end = turn.rfind(eos) + len(eos) if eos and eos in turn else len(turn.rstrip())
-                spans.append((start, start + end))
-        except RecordError:
-            raise
-        except Exception as e:  # noqa: BLE001 - jinja errors come from user data
-            raise RecordError(f"{where(k)}: the chat template failed: {type(e).__name__}: {e}") from None
-        return full, spans
+            return Conversation([Message("user", q), Message("assistant", a)], None)
+        return read_conversation(rec, self.names.messages, self.names.tools, say)
 
     def _chat(self, records: list, where: Where) -> SampleBatch | None:
-        texts, char_spans, positions = [], [], []
+        layout = []  # (record position, ChatSample) per sample
         for k, rec in enumerate(records):
-            text, spans = self._render(self._messages(rec, where, k), where, k)
-            if not spans:
+            conv = self._conversation(rec, where, k)
+            if not any(m.role == "assistant" and (m.content or m.reasoning or m.tool_calls)
+                       for m in conv.messages):
                 self._skip(where, k, "no assistant turn with content")
                 continue
-            texts.append(text)
-            char_spans.append(spans)
-            positions.append(k)
-        if not texts:
+            samples = self.chat.samples(conv, lambda why, k=k: RecordError(f"{where(k)}: {why}"))
+            if samples is None:
+                self.stats.skipped_unrendered += 1
+                continue
+            layout += [(k, s) for s in samples]
+        if not layout:
             return None
-        try:
-            encs = self.backend.encode_batch(texts, add_special_tokens=False)
-        except Exception as e:  # noqa: BLE001
-            self._blame(texts, where, positions, e)
-        samples = []
-        for enc, spans in zip(encs, char_spans):
-            starts = np.fromiter((o[0] for o in enc.offsets), np.int64, len(enc))
-            mask = np.zeros(len(enc), bool)
-            for lo, hi in spans:
-                mask |= (starts >= lo) & (starts < hi)
-            samples.append(Sample(np.array(enc.ids, np.uint32), mask_to_spans(mask)))
-        return self._limit(join_samples(samples, True))
+        texts, owners, splits = join_at_hard_ends(layout, self._hard_ends)
+        # In chunks: a tokenizers Encoding costs ~100 bytes a token until its ids are copied
+        # out, and a batch of per-turn samples can hold millions of tokens.
+        parts = [self._flat_ids(self._encode_fast(texts[i:i + 2048], where, owners[i:i + 2048]))
+                 for i in range(0, len(texts), 2048)]
+        ids = np.concatenate([p[0] for p in parts])
+        lens = split_lengths(ids, np.concatenate([p[1] for p in parts]), splits)
+        return self._limit(self._chat_batch(ids, lens, layout))
+
+    def _chat_batch(self, ids: np.ndarray, lens: np.ndarray, layout: list) -> SampleBatch:
+        """Segments -> samples: a sample's tokens are its segments' tokens, in order."""
+        n_seg = np.array([len(s.texts) for _, s in layout], np.int64)
+        trained = np.fromiter((t for _, s in layout for t in s.trained), bool, len(lens))
+        seg_starts = np.zeros(len(lens), np.int64)
+        np.cumsum(lens[:-1], out=seg_starts[1:])
+        sample_of = np.repeat(np.arange(len(layout)), n_seg)
+        sample_lens = np.bincount(sample_of, weights=lens, minlength=len(layout)).astype(np.int64)
+        sample_starts = np.zeros(len(layout), np.int64)
+        np.cumsum(sample_lens[:-1], out=sample_starts[1:])
+        keep = trained & (lens > 0)
+        local = seg_starts[keep] - sample_starts[sample_of[keep]]
+        spans = np.stack([local, local + lens[keep]], axis=1)
+        for (_, s), first_len in zip(layout, lens[np.cumsum(n_seg) - n_seg]):
+            if not s.first_turn:
+                self.stats.extra_prompt_tokens += int(first_len)
+                self.stats.turn_samples += 1
+        n = len(layout)
+        return SampleBatch(ids, sample_lens, np.ones(n, np.int64), np.zeros(n, np.int64),
+                           np.bincount(sample_of[keep], minlength=n).astype(np.int64), spans)
 
     # ------------------------------------------------------------------ limits
     def _limit(self, batch: SampleBatch) -> SampleBatch | None:

@@ -211,14 +211,28 @@ def _jsonl_batches(part: Part, batch_size: int) -> Iterator[Batch]:
             yield records, _line_where(part.path, offsets)
 
 
+def resolve_columns(label: str, columns: list[str], names) -> list[str]:
+    """The columns to read: each required one (else an error naming it), and the optional
+    ones (written "name?", e.g. a chat record's tools) that the data has.
+
+    Examples:
+        >>> resolve_columns("f", ["messages", "tools?"], ["messages", "id"])
+        ['messages']
+    """
+    if names is None:  # a stream that does not know its columns: read what is asked
+        return [c.rstrip("?") for c in columns]
+    missing = [c for c in columns if not c.endswith("?") and c not in names]
+    if missing:
+        raise SourceError(f"{label}: no column {missing[0]!r} (columns: {', '.join(names)}); "
+                          "set the field flag")
+    return [c.rstrip("?") for c in columns if c.rstrip("?") in names]
+
+
 def _parquet_batches(part: Part, batch_size: int, columns: list[str]) -> Iterator[Batch]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(part.path)
-    missing = [c for c in columns if c not in pf.schema_arrow.names]
-    if missing:
-        raise SourceError(f"{part.path}: no column {missing[0]!r} (columns: "
-                          f"{', '.join(pf.schema_arrow.names)}); set the field flag")
+    columns = resolve_columns(part.path, columns, pf.schema_arrow.names)
     row0 = sum(pf.metadata.row_group(g).num_rows for g in range(part.start))
     for rb in pf.iter_batches(batch_size=batch_size, row_groups=range(part.start, part.end),
                               columns=columns):
@@ -229,10 +243,7 @@ def _parquet_batches(part: Part, batch_size: int, columns: list[str]) -> Iterato
 
 def _hf_batches(part: Part, batch_size: int, columns: list[str]) -> Iterator[Batch]:
     ds = _hf_dataset(part.path, part.split)
-    missing = [c for c in columns if c not in ds.column_names]
-    if missing:
-        raise SourceError(f"{part.path}: no column {missing[0]!r} (columns: "
-                          f"{', '.join(ds.column_names)}); set the field flag")
+    columns = resolve_columns(part.path, columns, ds.column_names)
     ds = ds.select_columns(columns)
     label = part.path + (f" [{part.split}]" if part.split else "")
     for first in range(part.start, part.end, batch_size):

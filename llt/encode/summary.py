@@ -27,7 +27,7 @@ def summarize(stats: EncodeStats, seconds: float) -> dict:
 
 
 def write_manifest(corpus_dir: Path, *, args: dict, info: TokenizerInfo, dtype: str,
-                   stats: EncodeStats, shards: list[dict], seconds: float) -> dict:
+                   stats: EncodeStats, shards: list[dict], seconds: float, chat: dict | None = None) -> dict:
     from llt import __version__
 
     manifest = {
@@ -44,6 +44,9 @@ def write_manifest(corpus_dir: Path, *, args: dict, info: TokenizerInfo, dtype: 
             "eos_token_id": info.eos_id, "prefix_ids": info.prefix_ids,
         },
         "stats": summarize(stats, seconds),
+        # chat: the template the corpus was rendered with (its text: a run trained on the
+        # corpus saves it with its tokenizer), its keyword arguments and date
+        **({"chat": chat} if chat else {}),
         "args": args,
         "shards": shards,
     }
@@ -83,6 +86,18 @@ def describe(manifest: dict, corpus_dir: Path) -> str:
         lines.append(f"  {'':13}    {s['dropped_nothing_trained']:,} of the dropped overlong samples had no trained "
                      f"token in their first {manifest['max_length']:,} tokens (--overlong truncate keeps a "
                      "sample only if some of it is still trained); raise --max_length to keep them")
+    if manifest.get("chat"):
+        c = manifest["chat"]
+        lines.append(f"  chat     template {c['template_file'] or 'of the tokenizer'} "
+                     f"(sha256 {c['template_sha256'][:12]}), date {c['date']}, turns: {c['train_turns']}")
+        if s.get("turn_samples"):
+            lines.append(f"  {'':13}    {s['turn_samples']:,} samples repeat their conversation's history "
+                         f"(the template renders it differently once later turns follow): "
+                         f"{s['extra_prompt_tokens']:,} extra prompt tokens "
+                         f"({100 * s['extra_prompt_tokens'] / max(s['tokens'], 1):.1f}% of the tokens)")
+        if s.get("skipped_unrendered"):
+            lines.append(f"  {'':13}    {s['skipped_unrendered']:,} conversations skipped: the template "
+                         "does not render a part of them (--unrendered skip)")
     if s["packing_efficiency"] is not None:
         lines.append(f"  packing  {100 * s['packing_efficiency']:>12.2f}%  "
                      f"{s['samples_before_packing']:,} samples into {s['samples']:,} bins of "

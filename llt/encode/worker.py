@@ -3,6 +3,7 @@ build samples, write its own shards, report its figures or its error to the pare
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -10,6 +11,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llt.encode.chat import ChatEncoder, ChatOptions
+from llt.encode.chat_template import ChatTemplate, load_template_source
 from llt.encode.config import EncodeArgs
 from llt.encode.samples import Fields, SampleBuilder
 from llt.encode.sink import ShardSink
@@ -35,6 +38,14 @@ class WorkerJob:
     parent_pid: int = 0
     parts: list[Part] = field(default_factory=list)
     tokenizer_threads: int = 2
+    chat_date: str | None = None  # fixed once by the parent, so every worker writes the same date
+
+
+def chat_encoder(tok, args: EncodeArgs, date: str | None) -> ChatEncoder:
+    """The chat encoder `args` describe (the parent builds one first, to fail early)."""
+    source = load_template_source(tok, args.chat_template)
+    kwargs = json.loads(args.chat_template_kwargs) if args.chat_template_kwargs else None
+    return ChatEncoder(ChatTemplate(tok, source, kwargs, date), ChatOptions(args.train_turns, args.unrendered))
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -69,9 +80,10 @@ def encode_worker(k: int, job: WorkerJob, inbox, results, progress) -> None:
         builder = SampleBuilder(tok, job.info, args.encode_type, args.max_length,
                                 args.overlong, args.qa_template, args.strict,
                                 Fields(args.text_field, args.q_field, args.a_field,
-                                       args.messages_field))
+                                       args.messages_field, args.tools_field),
+                                chat_encoder(tok, args, job.chat_date) if args.uses_chat_template else None)
         sink = ShardSink(job.tmp_dir, k, job.dtype, job.info, args, builder.has_loss_mask)
-        columns = {"pretrain": [args.text_field], "chat": [args.messages_field]}.get(
+        columns = {"pretrain": [args.text_field], "chat": [args.messages_field, args.tools_field + "?"]}.get(
             args.encode_type, [args.q_field, args.a_field])
 
         def feed(records, where):
@@ -98,7 +110,7 @@ def encode_worker(k: int, job: WorkerJob, inbox, results, progress) -> None:
         progress[k] = sink.stats.tokens
         stats = sink.stats
         for name in ("records", "skipped_empty", "dropped_overlong", "dropped_nothing_trained", "truncated",
-                     "samples_before_packing"):
+                     "samples_before_packing", "skipped_unrendered", "turn_samples", "extra_prompt_tokens"):
             setattr(stats, name, getattr(builder.stats, name))
         results.put(("done", k, stats, shards))
     except LltError as e:

@@ -2,6 +2,7 @@
 
     llt inspect out/wiki                 # counts, length histogram, 3 decoded samples
     llt inspect out/alpaca -n 5 --random # trained tokens shown [[like this]]
+    llt inspect out/chat --check         # chat turns against the template (llt.encode.check)
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def inspect_main(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tokenizer_path", help="defaults to the one recorded in summary.json")
     ap.add_argument("--max_tokens", type=int, default=400, help="decode at most this many tokens per sample")
+    ap.add_argument("--check", action="store_true", help=(
+        "chat corpora: re-encode a sample of the records and compare each trained turn with the "
+        "chat template at generation time (llt inspect PATH --check -n 50 [--input_path FILE])"))
     args = ap.parse_args(argv)
     damaged = 0
     for target in targets(Path(args.path)):

@@ -76,3 +76,33 @@ def check_data_fits(dataset, tokenizer, model, new_ids) -> None:
             raise ConfigError(f"--data_path {dataset.paths[0].parent}: encoded with a different tokenizer "
                               f"than {tokenizer.name_or_path} (vocabulary fingerprints differ); "
                               "re-encode with this model's tokenizer or pass --tokenizer_path")
+
+
+def adopt_chat_template(tokenizer, data) -> str | None:
+    """Give the run's tokenizer the chat template its chat corpora were rendered with.
+
+    HF saves the tokenizer, template included, with every checkpoint, so export and generate
+    then prompt the model exactly as it was trained (`llt encode --chat_template FILE`
+    records the file's text in summary.json). Corpora rendered with different templates
+    are refused: the model could not be prompted like both. Returns the template adopted.
+    """
+    import json
+    from pathlib import Path
+
+    templates = {}
+    for path in sorted({p for c in data.manifest()["corpora"] for p in c["encode_manifests"]}):
+        chat = json.loads(Path(path).read_text()).get("chat")
+        if chat:
+            templates.setdefault(chat["template"], []).append(str(Path(path).parent))
+    if len(templates) > 1:
+        raise ConfigError("the chat corpora were rendered with different chat templates ("
+                          + "; ".join(", ".join(v) for v in templates.values())
+                          + "); encode them with one --chat_template so the model is prompted one way")
+    if not templates:
+        return None
+    (template,) = templates
+    if template != tokenizer.chat_template:
+        logging.getLogger("llt").info("chat template: the one the corpora were encoded with (%s), saved with the run's "
+                    "tokenizer", next(iter(templates.values()))[0])
+        tokenizer.chat_template = template
+    return template

@@ -78,7 +78,7 @@ def build(model_args, data_args, lora_args, args):
     from llt.data.run_data import build_data, corpus_specs
     from llt.train.attention import is_varlen
     from llt.train.callbacks import CorpusMixCallback, PreemptionCallback, ThroughputCallback, peak_tflops
-    from llt.train.checks import check_data_fits, check_world, verify_on_local_main
+    from llt.train.checks import adopt_chat_template, check_data_fits, check_world, verify_on_local_main
     from llt.train.lora import apply_lora
     from llt.train.loss import use_chunked_loss
     from llt.train.model import flops_per_token_info, load_model, load_training_tokenizer
@@ -87,8 +87,7 @@ def build(model_args, data_args, lora_args, args):
     from llt.train.report import write_run_report
     from llt.train.trainer import LltTrainer
 
-    logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING,
-                        format="%(message)s")
+    logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING, format="%(message)s")
     check_world(args)
     tokenizer, new_ids = load_training_tokenizer(model_args)
     quantization = quantization_config(model_args, args, lora_args.use_lora)  # fails before any data work
@@ -99,6 +98,7 @@ def build(model_args, data_args, lora_args, args):
         specs, eval_specs = corpus_specs(data_args)
         verify_on_local_main([s.path for s in specs + eval_specs], args)
     data = build_data(data_args, seed=args.data_seed if args.data_seed is not None else args.seed)
+    adopt_chat_template(tokenizer, data)  # saved with every checkpoint: export prompts as trained
     model = load_model(model_args, args, tokenizer, new_ids, padded=data_args.padding != "free",
                        quantization=quantization)
     check_data_fits(data.dataset, tokenizer, model, new_ids)

@@ -1,0 +1,251 @@
+"""A chat template as the encoder uses it: compiled once, rendered directly, fitted once to
+how it wants messages, and the rule that finds the text a model generates for a turn.
+
+Rendering goes through the template transformers compiles (same sandbox, filters and
+globals as `apply_chat_template`), called directly: `apply_chat_template` re-checks and
+copies the conversation on every call, which cost 3x the render itself (measured on
+Qwen2.5's template, 7-message conversations), and the encoder renders each conversation
+2 times per assistant turn. `tests/test_chat_templates.py` checks both give the same text.
+
+The turn rule (docs/chat.md): for assistant message i, `prompt` is the conversation before
+it rendered with the generation prompt (what the model sees at inference), and `render`
+the conversation through it with i last. The generated text is `render` after `prompt`,
+up to its last non-space character (the end-of-turn token; a newline after it is not
+generated). Where `prompt` is not a prefix of `render` (DeepSeek-R1 ends the prompt with
+`<think>\\n`, which the rendered turn lacks), the shared part is cut back to a token
+boundary of `prompt` and the rest of `render` is the generated text: the model is trained
+on the template's own text for the turn, after the prompt it gets at inference.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import dataclass
+
+from llt.encode.messages import REASONING_KEYS, Message
+from llt.errors import LltError
+
+
+@dataclass(frozen=True)
+class Style:
+    """How one template wants the parts that chat data writes in several ways."""
+
+    args_as_text: bool = False  # tool-call arguments as a JSON string (R1's template concatenates them)
+    empty_content: str = "none"  # an assistant message with no text: "none" (null), "empty" ("") or "absent"
+    think_tags: bool = False  # reasoning inside content as <think>..</think> (no reasoning field read)
+
+
+_PROBE_TOOL = {"type": "function", "function": {
+    "name": "probe_fn", "description": "probe",
+    "parameters": {"type": "object", "properties": {"probe_key": {"type": "string", "description": "k"}},
+                   "required": ["probe_key"]}}}
+
+
+def _cached_sandbox_class():
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    safe: dict[tuple[type, str], bool] = {}
+    dict_attrs = frozenset(dir(dict))
+
+    class CachedSandbox(ImmutableSandboxedEnvironment):
+        """transformers' sandbox with its attribute checks answered once per (type, name).
+
+        Whether `str.startswith`, `loop.last` or `list.append` is safe depends on the type and
+        the name only (`is_internal_attribute`, `modifies_known_mutable`); the sandbox works
+        it out on every access (ABC isinstance checks), which was
+        half of Qwen3's render time. `message.content` on a dict skips the failed attribute
+        lookup the sandbox tries first (the dict has no such attribute: the same result).
+        """
+
+        def getattr(self, obj, attribute):
+            t = type(obj)
+            if t is dict and attribute not in dict_attrs:
+                return obj[attribute] if attribute in obj else self.undefined(obj=obj, name=attribute)
+            if attribute not in ("format", "format_map"):  # those the sandbox wraps: its own path
+                ok = safe.get((t, attribute))
+                if ok is None:
+                    try:
+                        value = getattr(obj, attribute)
+                    except AttributeError:
+                        return super().getattr(obj, attribute)
+                    ok = safe[(t, attribute)] = bool(self.is_safe_attribute(obj, attribute, value))
+                if ok:
+                    return getattr(obj, attribute)
+            return super().getattr(obj, attribute)
+
+    return CachedSandbox, ImmutableSandboxedEnvironment
+
+
+def _faster(compiled, source: str):
+    """The same template in `CachedSandbox`, with transformers' extensions, filters, tests
+    and globals; transformers' own when its environment is not the stock sandbox."""
+    cls, stock = _cached_sandbox_class()
+    env = compiled.environment
+    if type(env) is not stock:
+        return compiled
+    fast = cls(trim_blocks=env.trim_blocks, lstrip_blocks=env.lstrip_blocks,
+               extensions=[type(e) for e in env.extensions.values()])
+    fast.filters.update(env.filters)
+    fast.tests.update(env.tests)
+    fast.globals.update(env.globals)
+    return fast.from_string(source)
+
+
+def load_template_source(tok, path: str | None) -> str:
+    """The template text: a file given with --chat_template, else the tokenizer's own."""
+    if path:
+        try:
+            return open(path, encoding="utf-8").read()
+        except OSError as e:
+            raise LltError(f"--chat_template {path}: cannot read it: {e.strerror}") from None
+    source = getattr(tok, "chat_template", None)
+    if isinstance(source, dict):  # several named templates: the default one, as HF picks
+        source = source.get("default") or next(iter(source.values()))
+    if not source:
+        raise LltError("the tokenizer has no chat template; pass one with --chat_template FILE")
+    return source
+
+
+class ChatTemplate:
+    """Render conversations with one template and fixed keyword arguments."""
+
+    def __init__(self, tok, source: str, kwargs: dict | None = None, date: str | None = None):
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        self.tok, self.source = tok, source
+        try:
+            self.compiled = _faster(_compile_jinja_template(source), source)
+        except Exception as e:  # noqa: BLE001 - a template is user input
+            raise LltError(f"the chat template does not compile: {type(e).__name__}: {e}") from None
+        day = datetime.date.fromisoformat(date) if date else datetime.date.today()
+        self.date = day.isoformat()
+        noon = datetime.datetime.combine(day, datetime.time(12))
+
+        def strftime_now(fmt: str) -> str:  # date-stamped templates (Llama 3.2, gpt-oss)
+            return noon.strftime(fmt)
+
+        self.context = {**tok.special_tokens_map, **(kwargs or {}), "strftime_now": strftime_now}
+        # Template.render copies the globals and the variables into a new context on every
+        # call (a third of a render's time here); a prepared dict passed as a shared context
+        # gives the template the same names, and its root function the same output.
+        self._base = {**self.compiled.globals, **self.context, "documents": None}
+        self.style = self._fit()
+
+    # ------------------------------------------------------------------ rendering
+    def render(self, messages: list[dict], tools: list | None, gen: bool) -> str:
+        names = dict(self._base)
+        names.update(messages=messages, tools=tools, add_generation_prompt=gen)
+        return "".join(self.compiled.root_render_func(self.compiled.new_context(names, shared=True)))
+
+    def to_dicts(self, messages: list[Message], style: Style | None = None) -> list[dict]:
+        """Messages as this template reads them (see `Style`)."""
+        style = style or self.style
+        out = []
+        for m in messages:
+            d = {"role": m.role}
+            content = m.content
+            if m.reasoning and style.think_tags:
+                content = f"<think>\n{m.reasoning}\n</think>\n\n{content or ''}"
+            if content is not None:
+                d["content"] = content
+            elif not m.tool_calls:
+                d["content"] = ""
+            elif style.empty_content != "absent":
+                d["content"] = None if style.empty_content == "none" else ""
+            if m.reasoning and not style.think_tags:
+                d["reasoning_content"] = d["thinking"] = m.reasoning  # as transformers aliases it
+            if m.tool_calls:
+                d["tool_calls"] = [self._call(c, style) for c in m.tool_calls]
+            if m.extra:
+                d.update(m.extra)
+            out.append(d)
+        return out
+
+    @staticmethod
+    def _call(call: dict, style: Style) -> dict:
+        args = json.dumps(call["arguments"], ensure_ascii=False) if style.args_as_text else call["arguments"]
+        fn = {"type": "function", "function": {"name": call["name"], "arguments": args}}
+        return {**({"id": call["id"]} if "id" in call else {}), **fn}
+
+    # ------------------------------------------------------------------ fitting
+    def _fit(self) -> Style:
+        """Decide `Style` with probe conversations, once per template."""
+        think_tags = self._fit_reasoning()
+        call = Message("assistant", None, None, [{"id": "probe0001", "name": "probe_fn",
+                                                  "arguments": {"probe_key": "probe_value"}}])
+        probe = [Message("user", "probe question"), call]
+        for as_text in (False, True):
+            for empty in ("none", "empty", "absent"):
+                style = Style(as_text, empty, think_tags)
+                text = self._try(probe, style, [_PROBE_TOOL])
+                if "probe_fn" in text and ('"probe_key": "probe_value"' in text
+                                           or '"probe_key":"probe_value"' in text):
+                    return style
+        return Style(False, "none", think_tags)  # no tool calls here: records with some fail loudly
+
+    def _fit_reasoning(self) -> bool:
+        """True when reasoning must go inside content as <think> tags: the template reads
+        no reasoning field, but renders <think> content (DeepSeek-R1 style templates)."""
+        probe = [Message("user", "probe question"), Message("assistant", "probe answer", "probe_reasoning")]
+        if "probe_reasoning" in self._try(probe, Style(), None) or "</think>" not in self.source:
+            return False
+        return "probe_reasoning" in self._try(probe, Style(think_tags=True), None)
+
+    def _try(self, probe: list[Message], style: Style, tools) -> str:
+        try:
+            return self.render(self.to_dicts(probe, style), tools, False)
+        except Exception:  # noqa: BLE001 - a probe the template refuses: the caller tries another
+            return ""
+
+    # ------------------------------------------------------------------ the turn rule
+    def prompt(self, dicts: list[dict], tools: list | None, turn: dict) -> str:
+        """The generation-time prompt before `turn` (the conversation `dicts` before it)."""
+        if dicts:
+            return self.render(dicts, tools, True)
+        try:  # an assistant turn first: many templates cannot render an empty conversation
+            return self.render([], tools, True)
+        except Exception:  # noqa: BLE001
+            full = self.render([turn], tools, False)
+            key = turn.get("content") or turn.get("reasoning_content") or ""
+            pos = full.find(key) if key else -1
+            return full[:pos] if pos > 0 else ""
+
+    def generated(self, prompt: str, render: str, history, first: str) -> str:
+        """The text the model generates after `prompt`, from the `render` of its turn.
+
+        When `prompt` is not a prefix of `render` (the template renders history differently
+        once the turn follows), the turn is found from the end of `render`, where it is:
+        the last place before the turn's `first` part (its reasoning, content or first tool
+        name) where the generation prompt stands (`prompt` after `history()`, the
+        conversation before the turn rendered without it), or its longest token-aligned
+        head. Without a generation prompt (Mistral: the turn follows [/INST]) the prompt's
+        last characters stand in for it. This covers DeepSeek-R1 (prompt `<｜Assistant｜>`
+        `<think>\\n`, turn `<｜Assistant｜>answer`), gpt-oss (tool-call reasoning leaves the
+        history once a final answer follows) and Hermes-3 (a last tool result renders
+        without the newline it has once a turn follows).
+        """
+        if render.startswith(prompt):
+            return render[len(prompt):].rstrip()
+        end = render.rfind(first.strip()) if first.strip() else -1
+        end = end if end >= 0 else len(render)
+        before = history()
+        if prompt.startswith(before) and len(prompt) > len(before):
+            gen = prompt[len(before):]
+            enc = self.tok.backend_tokenizer.encode(gen, add_special_tokens=False)
+            heads = [gen[:cut] for cut in sorted({hi for _, hi in enc.offsets if hi > 0}, reverse=True)]
+        else:
+            heads = [prompt[-n:] for n in (256, 128, 64, 32, 16, 8)]
+        for head in heads:
+            pos = render.rfind(head, 0, end)
+            if pos >= 0:
+                return render[pos + len(head):].rstrip()
+        raise TurnError("the chat template renders the conversation before this turn differently "
+                        "once the turn follows, and the end of its generation-time prompt "
+                        f"({prompt[-40:]!r}) cannot be found in the rendered turn "
+                        f"({render[max(0, end - 80):end + 40]!r})")
+
+
+class TurnError(LltError):
+    """The turn rule cannot place an assistant turn in what the template renders."""

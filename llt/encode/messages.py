@@ -1,0 +1,156 @@
+"""Chat records in the form the ecosystem uses (OpenAI / TRL conversational), checked and
+brought to one shape before a chat template sees them.
+
+A record holds `messages` (roles system, developer, user, assistant, tool; `ipython` is
+Llama's name for tool) and, optionally, a record-level `tools` list of JSON schemas (a list,
+or that list as a JSON string, as Parquet datasets often store it). An assistant message
+may carry:
+
+* `content`: a string, a list of text parts (`{"type": "text", "text": ...}` or strings,
+  joined without separator, as OpenAI joins them), or null when it only calls tools;
+* reasoning under `reasoning_content`, or its aliases `thinking` and `reasoning`;
+* `tool_calls`: `[{"type": "function", "id": ..., "function": {"name", "arguments"}}]`,
+  arguments as an object or a JSON string (the flat `{"name", "arguments"}` form is also
+  taken). Every call's arguments are parsed here, so a malformed one is an error naming
+  the record, message and call, never a string a template would quote twice.
+
+How a given template wants these (arguments as text or object, empty content as null or
+""; reasoning as a field or inside `<think>` tags) is decided by `chat_template.Style`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+from llt.errors import LltError
+
+ROLES = ("system", "developer", "user", "assistant", "tool", "ipython")
+REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
+_ROLE_SET = frozenset(ROLES)
+
+
+class RecordError(LltError, ValueError):
+    """A user record cannot be encoded. The message names the source and record."""
+
+
+@dataclass(slots=True)
+class Message:
+    """One message, checked: content and reasoning as text, tool calls parsed."""
+
+    role: str
+    content: str | None
+    reasoning: str | None = None
+    tool_calls: list[dict] | None = None  # [{"id"?, "name", "arguments": dict}]
+    extra: dict | None = None  # tool_call_id, name: passed through to the template
+
+
+@dataclass
+class Conversation:
+    messages: list[Message]
+    tools: list | None
+
+
+def text_of(content, say: Callable[[str], RecordError]) -> str | None:
+    """A message's content as one string: text parts are joined; null stays None.
+
+    Examples:
+        >>> text_of([{"type": "text", "text": "a"}, "b"], RecordError)
+        'ab'
+    """
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            else:
+                raise say(f"content part {str(part)[:60]!r} is not text (a string or "
+                          "{'type': 'text', 'text': ...}); llt encodes text only")
+        return "".join(parts)
+    raise say(f"content is {type(content).__name__}, expected a string or a list of text parts")
+
+
+def _tool_call(call, c: int, say) -> dict:
+    if not isinstance(call, dict):
+        raise say(f"tool call {c} is {type(call).__name__}, expected an object")
+    fn = call.get("function", call)
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+        raise say(f"tool call {c} has no function name (expected "
+                  "{'function': {'name': ..., 'arguments': ...}})")
+    args = fn.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError as e:
+            raise say(f"tool call {c} ({fn['name']}): arguments are not valid JSON: {e.msg} "
+                      f"at character {e.pos} of {args[:80]!r}") from None
+    if not isinstance(args, dict):
+        raise say(f"tool call {c} ({fn['name']}): arguments must be a JSON object, "
+                  f"got {type(args).__name__}")
+    out = {"name": fn["name"], "arguments": args}
+    if call.get("id") is not None:
+        out["id"] = str(call["id"])
+    return out
+
+
+def _message(m, j: int, say_record) -> Message:
+    def say(why: str) -> RecordError:
+        return say_record(f"message {j}: {why}")
+
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+        raise say(f"expected an object with a string 'role', got {str(m)[:80]!r}")
+    role = m["role"]
+    if role not in ROLES:
+        raise say(f"unknown role {role!r} (known: {', '.join(ROLES)})")
+    content = m.get("content")
+    if role in ("tool", "ipython") and content is not None and not isinstance(content, (str, list)):
+        content = json.dumps(content, ensure_ascii=False)  # a tool's structured result
+    content = text_of(content, say)
+    reasoning = next((m[k] for k in REASONING_KEYS if m.get(k) is not None), None)
+    if reasoning is not None and not isinstance(reasoning, str):
+        raise say(f"reasoning is {type(reasoning).__name__}, expected a string")
+    calls = m.get("tool_calls") or None
+    if calls is not None:
+        if role != "assistant" or not isinstance(calls, list):
+            raise say("'tool_calls' must be a list, on an assistant message")
+        calls = [_tool_call(call, c, say) for c, call in enumerate(calls)]
+    if content is None and (role != "assistant" or not (calls or reasoning)):
+        raise say(f"a {role} message needs string 'content'")
+    extra = {k: m[k] for k in ("tool_call_id", "name") if m.get(k) is not None} or None
+    return Message(role, content, reasoning or None, calls, extra)
+
+
+def read_conversation(rec, messages_field: str, tools_field: str,
+                      say_record: Callable[[str], RecordError]) -> Conversation:
+    """Check one chat record and bring it to one shape; errors name the message."""
+    if isinstance(rec, list):
+        msgs, tools = rec, None
+    elif isinstance(rec, dict):
+        if messages_field not in rec:
+            raise say_record(f"missing field {messages_field!r} (fields: "
+                             f"{', '.join(map(repr, rec)) or 'none'})")
+        msgs, tools = rec[messages_field], rec.get(tools_field)
+    else:
+        raise say_record(f"expected an object with field {messages_field!r}, got {type(rec).__name__}")
+    if not isinstance(msgs, list):
+        raise say_record(f"field {messages_field!r} is {type(msgs).__name__}, expected a list of messages")
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools) if tools.strip() else None
+        except json.JSONDecodeError as e:
+            raise say_record(f"field {tools_field!r} is not valid JSON: {e.msg}") from None
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        raise say_record(f"field {tools_field!r} must be a list of JSON schemas (objects)")
+    out = []
+    for j, m in enumerate(msgs):
+        # the common message, {role, content: str}, without the general checks (2x faster)
+        if type(m) is dict and len(m) == 2 and type(m.get("content")) is str and m.get("role") in _ROLE_SET:
+            out.append(Message(m["role"], m["content"]))
+        else:
+            out.append(_message(m, j, say_record))
+    return Conversation(out, tools or None)
