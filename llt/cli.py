@@ -7,6 +7,8 @@
     llt verify PATH        checksums, headers, id ranges of every shard
     llt train --help       train on shards (recipes/sft.py on one device; use
                            `accelerate launch recipes/sft.py` for several)
+    llt dpo --help         preference tuning (DPO, IPO, SimPO, ORPO) on pairs from
+                           `llt encode --encode_type preference` (recipes/dpo.py)
     llt launch CMD...      run a launcher (accelerate, torchrun, deepspeed) so that SIGTERM/SIGUSR1
                            end with the checkpoint saved before it exits (for schedulers)
     llt export CKPT --out DIR
@@ -44,7 +46,7 @@ def _encode(argv: list[str]) -> int:
 
 # Each command's `main(argv)`, imported only when that command runs (start-up stays fast).
 MODULES = {"inspect": "llt.shards.inspect:inspect_main", "verify": "llt.shards.verify:verify_main",
-           "train": "llt.train.sft", "launch": "llt.launch", "export": "llt.runs.export", "generate": "llt.runs.generate",
+           "train": "llt.train.sft", "dpo": "llt.train.dpo", "launch": "llt.launch", "export": "llt.runs.export", "generate": "llt.runs.generate",
            "plot": "llt.runs.plot", "quickstart": "llt.quickstart"}
 
 

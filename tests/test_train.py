@@ -316,11 +316,13 @@ def test_shipped_recipes_parse(tmp_path):
     from pathlib import Path
 
     from llt.train.parse import parse_args
+    from llt.train.preference import PreferenceArguments
 
     for recipe in sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")):
-        *_, args = parse_args([str(recipe), "--model_path", "m", "--data_path", "d", "--use_cpu",
-                               "--output_dir", str(tmp_path / recipe.stem)])
-        assert args.output_dir == str(tmp_path / recipe.stem)
+        extra = (PreferenceArguments,) if "dpo" in recipe.stem else ()  # recipes/dpo.py's flags
+        groups = parse_args([str(recipe), "--model_path", "m", "--data_path", "d", "--use_cpu",
+                             "--output_dir", str(tmp_path / recipe.stem)], extra)
+        assert groups[3].output_dir == str(tmp_path / recipe.stem)
 
 
 def test_lora_config_naming_missing_modules_fails_before_training(tmp_path, tiny_model_dir, toy_corpora,

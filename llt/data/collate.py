@@ -19,7 +19,7 @@ from llt.data.dataset import IGNORE_INDEX
 from llt.errors import DataError
 
 # What the collators add to a batch beside the model's inputs (see `BatchExtras`).
-EXTRA_KEYS = ("llt_counts", "llt_corpus_counts", "llt_groups")
+EXTRA_KEYS = ("llt_counts", "llt_corpus_counts", "llt_groups", "llt_docs", "llt_sample_ids")
 
 
 def document_positions(length: int, starts: np.ndarray) -> np.ndarray:
@@ -99,10 +99,11 @@ class PaddingFreeCollator:
     """
 
     def __init__(self, flat: bool = True, flash_kwargs: bool = False, pad_token_id: int = 0,
-                 pad_to_multiple_of: int | None = None, n_groups: int = 1):
+                 pad_to_multiple_of: int | None = None, n_groups: int = 1, doc_ids: bool = False):
         self.flat, self.flash_kwargs = flat, flash_kwargs
         self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
         self.n_groups = n_groups
+        self.doc_ids = doc_ids  # preference pairs: each position's document number (see add_doc_ids)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         positions = [document_positions(len(f["input_ids"]), f["doc_starts"]) for f in features]
@@ -138,7 +139,34 @@ class PaddingFreeCollator:
             batch.update(cu_seq_lens_q=torch.from_numpy(cu), cu_seq_lens_k=torch.from_numpy(cu),
                          max_length_q=longest, max_length_k=longest)
         _add_groups(batch, features, rows, self.n_groups)
+        if self.doc_ids:
+            add_doc_ids(batch, features, rows)
         return batch
+
+
+def add_doc_ids(batch: dict, features: list[dict], rows: list[tuple[int, int, int]]) -> None:
+    """`llt_docs`: each position's document, numbered through the batch in sample order (-1
+    on padding), so a preference pair's chosen and rejected are documents 2k and 2k+1; and
+    `llt_sample_ids`: each sample's id (its "index") and number of documents, for
+    precomputed reference log-probs.
+
+    Examples:
+        >>> b = {"input_ids": torch.zeros(1, 5)}
+        >>> add_doc_ids(b, [{"doc_starts": np.array([0, 2]), "index": 7},
+        ...                 {"doc_starts": np.array([0]), "index": 3}], [(0, 0, 3), (0, 3, 5)])
+        >>> b["llt_docs"].tolist(), b["llt_sample_ids"].tolist()
+        ([[0, 0, 1, 2, 2]], [[7, 2], [3, 1]])
+    """
+    docs = np.full(tuple(batch["input_ids"].shape), -1, dtype=np.int64)
+    first = 0
+    for f, (row, lo, hi) in zip(features, rows):
+        marks = np.zeros(hi - lo, dtype=np.int64)
+        marks[f["doc_starts"]] = 1
+        docs[row, lo:hi] = first + np.cumsum(marks) - 1
+        first += len(f["doc_starts"])
+    batch["llt_docs"] = torch.from_numpy(docs)
+    batch["llt_sample_ids"] = torch.tensor([[f.get("index", -1), len(f["doc_starts"])] for f in features],
+                                           dtype=torch.int64)
 
 
 class PaddedCollator:
@@ -205,25 +233,31 @@ class BatchExtras:
     counts: torch.Tensor | None = None
     corpus_counts: torch.Tensor | None = None
     groups: torch.Tensor | None = None
+    docs: torch.Tensor | None = None  # preference pairs: see `add_doc_ids`
+    sample_ids: torch.Tensor | None = None
 
     @classmethod
     def pop(cls, batch: dict, model_takes_groups: bool) -> "BatchExtras":
         extras = cls(batch.pop("llt_counts", None), batch.pop("llt_corpus_counts", None),
-                     batch.pop("llt_groups", None))
+                     batch.pop("llt_groups", None), batch.pop("llt_docs", None),
+                     batch.pop("llt_sample_ids", None))
         if extras.groups is not None and model_takes_groups:
             batch["llt_groups"] = extras.groups
         return extras
 
 
 def make_collator(padding: str, dataset, pad_token_id: int, varlen: bool, attn: str,
-                  pad_to_multiple_of: int | None = None, n_groups: int = 1):
+                  pad_to_multiple_of: int | None = None, n_groups: int = 1, pairs: bool = False):
     """The collator for `--padding` and the model's attention: `varlen` when the attention
     takes document boundaries as cu_seq_lens (flash-attention, llt's per-document SDPA),
     whose cost is per document: one flat row, no padding. Masked sdpa/eager cost the square
     of the row: one row per sample."""
     if padding == "free":
         return PaddingFreeCollator(flat=varlen, flash_kwargs=varlen, pad_token_id=pad_token_id,
-                                   pad_to_multiple_of=pad_to_multiple_of, n_groups=n_groups)
+                                   pad_to_multiple_of=pad_to_multiple_of, n_groups=n_groups, doc_ids=pairs)
+    if pairs:
+        raise DataError(f"--padding {padding}: a preference pair is one sample of two documents (chosen, "
+                        "rejected), which a padded row would let attend to each other; use --padding free")
     if dataset.packed:
         raise DataError(f"--padding {padding}: the shards under --data_path pack several "
                         "documents per sample, which a padded row would let attend to each other; "

@@ -140,7 +140,7 @@ class ShardDataset(torch.utils.data.Dataset):
                 labels[lo:hi] = IGNORE_INDEX
             labels[starts] = IGNORE_INDEX
         return {"input_ids": ids, "labels": labels, "doc_starts": starts,
-                "corpus": int(self.shard_corpus[s]), "filler": filler}
+                "corpus": int(self.shard_corpus[s]), "filler": filler, "index": i}
 
 
 def corpus_name(path) -> str:

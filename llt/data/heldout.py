@@ -76,6 +76,7 @@ class EvalView:
         k = int(ids(np.array([j - self.offsets[s]]))[0])
         sample = ds[~k if filler else k]
         sample["corpus"] = groups[sample["corpus"]]
+        sample["index"] = j  # its place in the eval set (precomputed reference log-probs)
         return sample
 
 

@@ -3,8 +3,9 @@
 In the order data flows through them: `config` (`EncodeArgs`, every flag), `sources`
 (records from JSONL/JSON/Parquet/CSV files, HF `datasets` folders or a `data_loader.py`),
 `hub` (`--dataset` through `datasets.load_dataset`, streamed or not, and fsspec URLs),
-`tokenizer_info` (what the shards record about the tokenizer), `samples` (records ->
-samples: pretrain, qa, chat), `messages` (chat records checked and brought to one shape:
+`tokenizer_info` (what the shards record about the tokenizer), `pieces` (one sample, and
+batches <-> lists of samples), `samples` (records -> samples: pretrain, qa, chat,
+preference), `preference` (TRL's preference records -> pair samples), `messages` (chat records checked and brought to one shape:
 tool calls, reasoning, text parts), `chat_template` (a template compiled, fitted and
 rendered; the rule for the text a turn generates), `chat` (a conversation -> samples whose
 trained tokens are what the model generates, one per turn where history is rewritten), `check`

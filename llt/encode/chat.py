@@ -129,14 +129,15 @@ class ChatEncoder:
         self._plans: dict[tuple, ShapePlan | None] = {}
         self.planned = self.exact = 0  # conversations each way (for tests and the bench)
 
-    def samples(self, conv: Conversation, say) -> list[ChatSample] | None:
+    def samples(self, conv: Conversation, say, start: int = 0) -> list[ChatSample] | None:
         """The conversation's samples; None for a counted skip (--unrendered skip).
 
-        `say(why)` builds the RecordError that names the record.
+        `say(why)` builds the RecordError that names the record. Only assistant turns from
+        message `start` on are trained (a preference pair's completion after its prompt).
         """
         values = _values(conv)
         if values is not None:
-            shape = tuple((m.role, bool(m.content), bool(m.reasoning)) for m in conv.messages)
+            shape = (start, *((m.role, bool(m.content), bool(m.reasoning)) for m in conv.messages))
             plan = self._plans[shape] if shape in self._plans else self._plan(shape)
             if plan is not None:
                 full = self.template.render(self.template.to_dicts(conv.messages), None, False)
@@ -145,18 +146,19 @@ class ChatEncoder:
                     return [ChatSample([ShapePlan.fill(p, values) for p in segs], list(trained), first)
                             for segs, trained, first in plan.samples]
         self.exact += 1
-        return self._exact(conv, say)
+        return self._exact(conv, say, start)
 
     def _plan(self, shape: tuple) -> ShapePlan | None:
         """Run the rule once on the shape with placeholder texts (None: no plan for it)."""
         if len(self._plans) >= 4096:  # shapes are few in real data; bound the memory anyway
             self._plans.clear()
+        start, *roles = shape
         msgs = [Message(role, _slot(2 * j) if content else "", _slot(2 * j + 1) if reasoning else None)
-                for j, (role, content, reasoning) in enumerate(shape)]
+                for j, (role, content, reasoning) in enumerate(roles)]
         conv = Conversation(msgs, None)
         plan = None
         try:
-            samples = self._exact(conv, ValueError)
+            samples = self._exact(conv, ValueError, start)
             full = self.template.render(self.template.to_dicts(msgs), None, False)
             if samples is not None:
                 plan = ShapePlan(ShapePlan.parts(full), [
@@ -166,12 +168,12 @@ class ChatEncoder:
         self._plans[shape] = plan
         return plan
 
-    def _exact(self, conv: Conversation, say) -> list[ChatSample] | None:
+    def _exact(self, conv: Conversation, say, start: int = 0) -> list[ChatSample] | None:
         """The turn rule itself: two renders per assistant turn."""
         tpl = self.template
         dicts = tpl.to_dicts(conv.messages)
         turns = [i for i, m in enumerate(conv.messages)
-                 if m.role == "assistant" and (m.content or m.reasoning or m.tool_calls)]
+                 if i >= start and m.role == "assistant" and (m.content or m.reasoning or m.tool_calls)]
         if self.options.train_turns == "last":
             turns = turns[-1:]
         out: list[ChatSample] = []

@@ -41,9 +41,11 @@ class EncodeArgs:
     streaming: bool = field(default=False, **_help(
         "Stream --dataset (and URL inputs) instead of preparing it in the datasets cache; the "
         "workers split it by the dataset's own shards (files)."))
-    encode_type: Literal["pretrain", "qa", "chat"] = field(default="pretrain", **_help(
+    encode_type: Literal["pretrain", "qa", "chat", "preference"] = field(default="pretrain", **_help(
         "pretrain: text, loss on every token; qa: question/answer pairs, loss on the answer "
-        "and EOS; chat: multi-turn `messages`, loss on assistant turns."))
+        "and EOS; chat: multi-turn `messages`, loss on assistant turns; preference: "
+        "prompt/chosen/rejected pairs (TRL's formats), one sample per pair, loss spans on the "
+        "completions (for recipes/dpo.py)."))
     max_length: int = field(default=2048, **_help(
         "Tokens per sample: pretrain text is cut into samples of this length; longer qa/chat "
         "samples are handled by --overlong; --merge_data packs up to this length."))
@@ -62,6 +64,11 @@ class EncodeArgs:
     a_field: str = field(default="a", **_help("Field holding the answer (qa)."))
     messages_field: str = field(default="messages", **_help(
         "Field holding the list of {role, content} messages (chat)."))
+    prompt_field: str = field(default="prompt", **_help(
+        "preference: field holding the prompt (a string or messages; absent: the messages the "
+        "two completions share)."))
+    chosen_field: str = field(default="chosen", **_help("preference: field holding the chosen completion."))
+    rejected_field: str = field(default="rejected", **_help("preference: field holding the rejected completion."))
     tools_field: str = field(default="tools", **_help(
         "Field holding a chat record's tool schemas (a list of JSON schemas, or that list as "
         "a JSON string), passed to the chat template as `tools`."))
@@ -87,7 +94,9 @@ class EncodeArgs:
         "as a user/assistant conversation with the tokenizer's chat template."))
     overlong: Literal["drop", "truncate"] = field(default="drop", **_help(
         "qa/chat samples longer than max_length: drop them, or keep the first max_length "
-        "tokens (dropped anyway if no trained token remains). Both are counted."))
+        "tokens (dropped anyway if no trained token remains). Preference pairs (both sides "
+        "together must fit max_length): drop, or cut each side to its first max_length // 2 "
+        "tokens (dropped if a side keeps no completion token). All are counted."))
     strict: bool = field(default=False, **_help(
         "Stop on empty records (empty text, empty answer, no assistant turn) instead of "
         "skipping and counting them."))
@@ -96,6 +105,13 @@ class EncodeArgs:
     overwrite: bool = field(default=False, **_help(
         "Replace a finished corpus of the same name (it is removed only once the new one "
         "is complete)."))
+
+    @property
+    def columns(self) -> list[str]:
+        """The record fields a table input must have ("name?": read when present)."""
+        return {"pretrain": [self.text_field], "chat": [self.messages_field, self.tools_field + "?"],
+                "preference": [self.prompt_field + "?", self.chosen_field, self.rejected_field,
+                               self.tools_field + "?"]}.get(self.encode_type, [self.q_field, self.a_field])
 
     @property
     def uses_chat_template(self) -> bool:

@@ -78,7 +78,7 @@ def run_encode(args: EncodeArgs, progress_bar: bool = True) -> dict:
 def start_workers(args: EncodeArgs) -> _Run:
     """Check the tokenizer, inputs and output folder, then fork the workers."""
     t0 = time.time()
-    tok = load_tokenizer(args.tokenizer_path, args.uses_chat_template)
+    tok = load_tokenizer(args.tokenizer_path, args.uses_chat_template or args.encode_type == "preference")
     info = TokenizerInfo.of(tok, args.tokenizer_path)
     info.require(args.encode_type, args.uses_chat_template)
     try:
@@ -86,7 +86,9 @@ def start_workers(args: EncodeArgs) -> _Run:
     except ValueError as e:
         raise LltError(f"{e} (--tokenizer_path {args.tokenizer_path})") from None
     chat = None
-    if args.uses_chat_template:  # build it here once: a bad template fails before any work
+    # preference records may be strings or messages: the template is used when there is one
+    if args.uses_chat_template or (args.encode_type == "preference" and (info.has_chat_template or args.chat_template)):
+        # built here once: a bad template fails before any work
         date = args.chat_date or datetime.date.today().isoformat()
         template = worker.chat_encoder(tok, args, date).template
         chat = {"template": template.source, "template_file": args.chat_template,

@@ -25,9 +25,12 @@ import numpy as np
 from llt.shards.writer import SampleBatch
 from llt.encode.chat import ChatEncoder, hard_ends, join_at_hard_ends, split_lengths
 from llt.encode.messages import Conversation, Message, RecordError, read_conversation
+from llt.encode.preference import PairBuilder, limit_pair, pair_sample
+from llt.encode.pieces import Sample, join_samples, mask_to_spans, split_batch, wrap_pieces
 from llt.encode.tokenizer_info import TokenizerInfo
 
-__all__ = ["EncodeStats", "Fields", "RecordError", "SampleBuilder"]
+__all__ = ["EncodeStats", "Fields", "RecordError", "SampleBuilder", "Sample", "join_samples", "mask_to_spans",
+           "split_batch", "wrap_pieces"]
 
 Where = Callable[[int], str]  # record position in the batch -> "file: line 12" for errors
 
@@ -69,71 +72,9 @@ class Fields:
     a: str = "a"
     messages: str = "messages"
     tools: str = "tools"
-
-
-@dataclass
-class Sample:
-    """One sample outside a batch (used by truncation and packing)."""
-
-    tokens: np.ndarray
-    spans: np.ndarray | None  # [k, 2]
-    docs: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
-
-
-def split_batch(batch: SampleBatch) -> list[Sample]:
-    """The samples of a batch as separate `Sample`s (views, no token copies)."""
-    ends = np.cumsum(batch.lengths)
-    tok = np.split(batch.tokens, ends[:-1]) if len(batch) else []
-    docs = np.split(batch.doc_starts, np.cumsum(batch.doc_counts)[:-1]) if len(batch) else []
-    if batch.spans is None:
-        return [Sample(t, None, d) for t, d in zip(tok, docs)]
-    spans = np.split(batch.spans, np.cumsum(batch.span_counts)[:-1])
-    return [Sample(t, s, d) for t, s, d in zip(tok, spans, docs)]
-
-
-def join_samples(samples: list[Sample], has_loss_mask: bool) -> SampleBatch:
-    """The inverse of `split_batch`."""
-    empty64 = np.zeros(0, np.int64)
-    return SampleBatch(
-        tokens=np.concatenate([s.tokens for s in samples]) if samples else np.zeros(0, np.uint32),
-        lengths=np.array([len(s.tokens) for s in samples], np.int64),
-        doc_counts=np.array([len(s.docs) for s in samples], np.int64),
-        doc_starts=np.concatenate([s.docs for s in samples]) if samples else empty64,
-        span_counts=np.array([len(s.spans) for s in samples], np.int64) if has_loss_mask else None,
-        spans=(np.concatenate([s.spans for s in samples]).reshape(-1, 2) if samples
-               else np.zeros((0, 2), np.int64)) if has_loss_mask else None,
-    )
-
-
-def wrap_pieces(body: np.ndarray, lens: np.ndarray, prefix: list[int], suffix: list[int]):
-    """Put `prefix` before and `suffix` after each piece of a flat id array, vectorised.
-
-    Returns (tokens, lengths) of the wrapped pieces.
-
-    Examples:
-        >>> t, n = wrap_pieces(np.array([5, 6, 7]), np.array([2, 1]), [1], [2])
-        >>> t.tolist(), n.tolist()
-        ([1, 5, 6, 2, 1, 7, 2], [4, 3])
-    """
-    p, s = len(prefix), len(suffix)
-    full = lens + p + s
-    starts = np.zeros(len(lens), np.int64)
-    np.cumsum(full[:-1], out=starts[1:])
-    body_starts = np.zeros(len(lens), np.int64)
-    np.cumsum(lens[:-1], out=body_starts[1:])
-    out = np.empty(int(full.sum()), np.uint32)
-    out[np.repeat(starts + p - body_starts, lens) + np.arange(len(body))] = body
-    for j, tid in enumerate(prefix):
-        out[starts + j] = tid
-    for j, tid in enumerate(suffix):
-        out[starts + p + lens + j] = tid
-    return out, full
-
-
-def mask_to_spans(mask: np.ndarray) -> np.ndarray:
-    """[k, 2] (start, end) runs of True in a bool array."""
-    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    return np.stack([np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)], axis=1)
+    prompt: str = "prompt"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
 
 
 class SampleBuilder:
@@ -150,6 +91,8 @@ class SampleBuilder:
         self.names = names or Fields()
         self.chat = chat
         self._hard_ends = hard_ends(tok) if chat is not None else {}
+        self.pairs = PairBuilder(chat, (self.names.prompt, self.names.chosen, self.names.rejected),
+                                 info.prefix_ids, info.eos_token, self.names.tools)
         if self.use_chat and chat is None:
             raise ValueError("chat encoding needs a ChatEncoder")
         self.has_loss_mask = encode_type != "pretrain"
@@ -181,6 +124,8 @@ class SampleBuilder:
         self.stats.records += len(records)
         if self.encode_type == "pretrain":
             return self._pretrain(records, where)
+        if self.encode_type == "preference":
+            return self._preference(records, where)
         if self.use_chat:
             return self._chat(records, where)
         return self._qa(records, where)
@@ -330,6 +275,42 @@ class SampleBuilder:
         n = len(layout)
         return SampleBatch(ids, sample_lens, np.ones(n, np.int64), np.zeros(n, np.int64),
                            np.bincount(sample_of[keep], minlength=n).astype(np.int64), spans)
+
+    # ------------------------------------------------------------------ preference
+    def _preference(self, records: list, where: Where) -> SampleBatch | None:
+        texts, owners, plans = [], [], []
+        for k, rec in enumerate(records):
+            kind, parts = self.pairs.plan(rec, lambda why, k=k: RecordError(f"{where(k)}: {why}"))
+            if kind == "empty" or (kind == "chat" and not all(parts)):
+                if kind == "empty":
+                    self._skip(where, k, "an empty completion")
+                else:
+                    self.stats.skipped_unrendered += 1
+                continue
+            pieces = parts if kind == "text" else [t for side in parts for t, _ in side]
+            plans.append((kind, len(pieces), None if kind == "text" else [[f for _, f in side] for side in parts]))
+            texts += pieces
+            owners += [k] * len(pieces)
+        if not plans:
+            return None
+        ids, lens = self._flat_ids(self._encode_fast(texts, where, owners))
+        seqs = np.split(ids, np.cumsum(lens)[:-1])
+        prefix = np.array(self.info.prefix_ids, np.uint32)
+        kept, at = [], 0
+        for kind, n, flags in plans:
+            parts = seqs[at:at + n]
+            at += n
+            if kind == "text":  # as TRL tokenizes: with the tokenizer's own prefix (a BOS)
+                parts = [np.concatenate([prefix, p]) for p in parts]
+            pair = pair_sample(kind, parts, flags)
+            whole = len(pair.tokens)
+            pair = limit_pair(pair, self.max_length, self.overlong)
+            if pair is None:
+                self.stats.dropped_overlong += 1
+            else:
+                self.stats.truncated += len(pair.tokens) < whole
+                kept.append(pair)
+        return self._count(join_samples(kept, True)) if kept else None
 
     # ------------------------------------------------------------------ limits
     def _limit(self, batch: SampleBatch) -> SampleBatch | None:

@@ -76,15 +76,15 @@ def encode_worker(k: int, job: WorkerJob, inbox, results, progress) -> None:
         # used the pool, so it starts fresh in each forked worker.
         os.environ["TOKENIZERS_PARALLELISM"] = "true"
         os.environ.setdefault("RAYON_NUM_THREADS", str(job.tokenizer_threads))
-        tok = INHERITED_TOKENIZER or load_tokenizer(args.tokenizer_path, args.uses_chat_template)
+        tok = INHERITED_TOKENIZER or load_tokenizer(args.tokenizer_path, args.uses_chat_template or args.encode_type == "preference")
         builder = SampleBuilder(tok, job.info, args.encode_type, args.max_length,
                                 args.overlong, args.qa_template, args.strict,
-                                Fields(args.text_field, args.q_field, args.a_field,
-                                       args.messages_field, args.tools_field),
-                                chat_encoder(tok, args, job.chat_date) if args.uses_chat_template else None)
+                                Fields(args.text_field, args.q_field, args.a_field, args.messages_field,
+                                       args.tools_field, args.prompt_field, args.chosen_field,
+                                       args.rejected_field),
+                                chat_encoder(tok, args, job.chat_date) if job.chat_date else None)
         sink = ShardSink(job.tmp_dir, k, job.dtype, job.info, args, builder.has_loss_mask)
-        columns = {"pretrain": [args.text_field], "chat": [args.messages_field, args.tools_field + "?"]}.get(
-            args.encode_type, [args.q_field, args.a_field])
+        columns = args.columns
 
         def feed(records, where):
             if os.getppid() != job.parent_pid:

@@ -38,6 +38,10 @@ from llt.errors import LltError
 
 MAGIC = b"LLTSHRD\x00"
 VERSION = (1, 0)  # (major, minor): readers refuse another major, accept any minor
+# Preference pairs (encode_type "preference": every sample is [chosen, rejected] documents,
+# or several such pairs when packed). A 1.0 reader reads them as two-document samples and
+# knows nothing of the pairing; llt's SFT refuses them and its DPO recipe needs them.
+PAIRS_VERSION = (1, 1)
 # magic, major, minor, byte length of the JSON header that follows
 PREFIX = struct.Struct("<8sHHI")
 ALIGN = 64  # arrays start on a cache-line boundary

@@ -30,14 +30,19 @@ def length_histogram(lengths: np.ndarray, bins: int = 10, width: int = 40) -> st
 
 
 def render_sample(tok, ids: np.ndarray, mask: np.ndarray, docs: np.ndarray, color: bool,
-                  show_mask: bool) -> str:
-    """Decoded text with trained tokens marked and packed documents separated."""
+                  show_mask: bool, pairs: bool = False) -> str:
+    """Decoded text with trained tokens marked and packed documents separated; in a
+    preference corpus each document is labelled as the chosen or rejected side of its pair."""
     on, off = ("\x1b[32m", "\x1b[0m") if color else ("[[", "]]")
     bounds = sorted(set(np.flatnonzero(np.diff(mask.astype(np.int8))) + 1) | set(docs.tolist())
                     | {0, len(ids)})
+    starts = docs.tolist()
     out = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
-        if lo in docs and lo:
+        if lo in starts and pairs:
+            k = starts.index(lo)
+            out.append(f"{chr(10) if lo else ''}----- {'rejected' if k % 2 else 'chosen'} (pair {k // 2 + 1}) -----\n")
+        elif lo in starts and lo:
             out.append(f"\n----- document starts at token {lo} -----\n")
         text = tok.decode(ids[lo:hi].tolist())
         out.append(f"{on}{text}{off}" if show_mask and mask[lo] else text)
@@ -119,4 +124,5 @@ def print_samples(target: Target, readers: list[ShardReader], lengths: np.ndarra
         print(f"\n--- sample {g} ({target.stems[shard].name}[{i}]): {len(ids):,} "
               f"tokens, {int(mask.sum()):,} trained, {len(docs)} document(s)"
               f"{f'; first {cut}' if cut < len(ids) else ''} ---")
-        print(render_sample(tok, ids[:cut], mask[:cut], docs[docs < cut], color, show_mask))
+        print(render_sample(tok, ids[:cut], mask[:cut], docs[docs < cut], color, show_mask,
+                            pairs=r.header.get("encode_type") == "preference"))

@@ -88,6 +88,8 @@ def check_shard(r: ShardReader, vocab_size: int | None = None) -> list[str]:
                 found[kind] = (f"{name}: {kind}(s) outside their sample, first in sample "
                                f"{lo + int(owner[np.argmax(bad)])}")
     problems += found.values()
+    if r.header.get("encode_type") == "preference" and not problems:
+        problems += _pair_problems(r, name)
     limit = vocab_size or r.vocab_size
     tokens = r.token_array
     for lo in range(0, len(tokens), _CHUNK):
@@ -99,6 +101,32 @@ def check_shard(r: ShardReader, vocab_size: int | None = None) -> list[str]:
                             f"(sample {sample}) is not below the vocabulary size {limit:,}")
             break
     return problems
+
+
+def _pair_problems(r: ShardReader, name: str) -> list[str]:
+    """Preference shards: each sample holds whole pairs (an even number of documents, chosen
+    then rejected) and every document has a trained completion."""
+    doc_offs, span_offs = r.array("doc_offsets"), r.array("span_offsets")
+    for lo in range(0, len(r), _SAMPLES):
+        hi = min(lo + _SAMPLES, len(r))
+        d = doc_offs[lo:hi + 1].astype(np.int64)
+        counts = np.diff(d)
+        if np.any(counts % 2):
+            return [f"{name}: sample {lo + int(np.argmax(counts % 2))} has {int(counts[np.argmax(counts % 2)])} "
+                    "documents; a preference sample holds pairs (chosen, rejected)"]
+        sp = span_offs[lo:hi + 1].astype(np.int64)
+        starts = r.sample_offsets[lo:hi].astype(np.int64)
+        docs = starts[np.repeat(np.arange(hi - lo), counts)] + r.array("doc_starts")[d[0]:d[-1]]
+        spans = r.array("spans")[sp[0] * 2:sp[-1] * 2].astype(np.int64).reshape(-1, 2)
+        spans = starts[np.repeat(np.arange(hi - lo), np.diff(sp))] + spans[:, 0]
+        covered = np.zeros(len(docs), bool)
+        covered[np.searchsorted(docs, spans, side="right") - 1] = True
+        if not covered.all():
+            k = int(np.argmin(covered))
+            sample = lo + int(np.searchsorted(np.cumsum(counts), k, side="right"))
+            return [f"{name}: sample {sample}: a {'rejected' if k % 2 else 'chosen'} side has no trained "
+                    "completion token"]
+    return []
 
 
 def verify_target(target: Target) -> list[str]:

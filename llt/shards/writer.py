@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from llt.shards.format import (ALIGN, COPY_CHUNK, FLUSH_ENTRIES, PREFIX, MAGIC, TOKEN_DTYPES, VERSION,
+from llt.shards.format import (ALIGN, COPY_CHUNK, FLUSH_ENTRIES, PAIRS_VERSION, PREFIX, MAGIC, TOKEN_DTYPES, VERSION,
                                encode_header, round_up)
 
 
@@ -109,6 +109,8 @@ class ShardWriter:
 
     def __init__(self, tmp_stem: Path, dtype: str, vocab_size: int, has_loss_mask: bool,
                  header_extra: dict | None = None):
+        # 1.1 marks preference pairs (docs/format.md); every other corpus stays 1.0
+        self.version = PAIRS_VERSION if (header_extra or {}).get("encode_type") == "preference" else VERSION
         self.tmp_stem = Path(tmp_stem)
         self.dtype = TOKEN_DTYPES[dtype]
         self.vocab_size, self.has_loss_mask = vocab_size, has_loss_mask
@@ -175,7 +177,7 @@ class ShardWriter:
         header_json = encode_header(header, layout)
         with open(self.tmp_idx, "wb") as out:
             h = xxhash.xxh3_128()
-            prefix = PREFIX.pack(MAGIC, *VERSION, len(header_json)) + header_json
+            prefix = PREFIX.pack(MAGIC, *self.version, len(header_json)) + header_json
             prefix += b"\x00" * (round_up(len(prefix), ALIGN) - len(prefix))
             out.write(prefix)
             h.update(prefix)

@@ -7,8 +7,11 @@ CPU), `loss` (the chunked loss on trained positions), `checks` (start-up verific
 `trainer` (`LltTrainer`), `hf_hooks` (its only private-hook overrides), `resume` (exact
 resume as plain functions), `checkpointing` (atomic saves, rotation), `evaluate` (the
 held-out loss), `callbacks` (throughput, mix, loss report, save schedule, preemption),
-`report` (the run folder's records) and `sft` (the recipe body behind `recipes/sft.py`
-and `llt train`).
+`report` (the run folder's records), `sft` (the recipe body behind `recipes/sft.py`
+and `llt train`), and for preference tuning: `preference` (the DPO/IPO/SimPO/ORPO losses
+and their flags), `pref_setup` (which trainer, which reference policy), `pref_trainer`
+(`PreferenceTrainer`), `pref_eval` (held-out pairs), `ref_cache` (precomputed reference
+log-probs) and `dpo` (the recipe body behind `recipes/dpo.py` and `llt dpo`).
 """
 
 import logging

@@ -106,3 +106,15 @@ def adopt_chat_template(tokenizer, data) -> str | None:
                     "tokenizer", next(iter(templates.values()))[0])
         tokenizer.chat_template = template
     return template
+
+
+def check_encode_types(data, preference: bool) -> None:
+    """Preference pairs train only with recipes/dpo.py, and it trains only on them: SFT
+    on a pair corpus would train the rejected completions too."""
+    kinds = {h.get("encode_type") for h in data.dataset.headers}
+    if preference and kinds != {"preference"}:
+        raise DataError(f"recipes/dpo.py trains on preference pairs (llt encode --encode_type preference); "
+                        f"--data_path holds {', '.join(sorted(map(str, kinds - {'preference'})))} corpora")
+    if not preference and "preference" in kinds:
+        raise DataError("--data_path holds preference pairs (encode_type preference); train them with "
+                        "recipes/dpo.py (`llt dpo`), which trains the chosen completion against the rejected")

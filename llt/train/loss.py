@@ -36,10 +36,12 @@ class LltCausalLMOutput(CausalLMOutputWithPast):
     carried `llt_groups`."""
 
     group_loss: torch.Tensor | None = None
+    token_losses: torch.Tensor | None = None  # per trained target, in order (llt_token_losses=True)
 
 
 def _chunk_loss(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = lm_head(hidden).float()
+    logits = lm_head(hidden)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32; fp64 stays
     return F.cross_entropy(logits, targets, reduction="none")
 
 
@@ -71,7 +73,9 @@ def use_chunked_loss(model, chunk_rows: int | None = None, n_groups: int = 1) ->
 
     A forward given `llt_groups` (each position's corpus, from the collator) also returns
     `group_loss`, the [n_groups] loss sums per corpus, detached: the logs show each
-    corpus's loss at no extra lm_head work."""
+    corpus's loss at no extra lm_head work. With `llt_token_losses=True` it returns each
+    trained target's loss too (`token_losses`, with its graph): preference losses sum them
+    per completion."""
     reason = supports_chunked_loss(model)
     if reason:
         log.info("llt: stock loss (full logits): %s", reason)
@@ -79,7 +83,7 @@ def use_chunked_loss(model, chunk_rows: int | None = None, n_groups: int = 1) ->
     stock = model.forward
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, labels=None,
-                num_items_in_batch=None, llt_groups=None, **kwargs):
+                num_items_in_batch=None, llt_groups=None, llt_token_losses=False, **kwargs):
         if labels is None or kwargs.get("return_dict") is False:
             return stock(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          labels=labels, num_items_in_batch=num_items_in_batch, **kwargs)
@@ -101,7 +105,8 @@ def use_chunked_loss(model, chunk_rows: int | None = None, n_groups: int = 1) ->
         denom = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
         if torch.is_tensor(denom):
             denom = denom.to(loss.device)
-        return LltCausalLMOutput(loss=loss / denom, logits=None, group_loss=group_loss)
+        return LltCausalLMOutput(loss=loss / denom, logits=None, group_loss=group_loss,
+                                 token_losses=per_token if llt_token_losses else None)
 
     model.forward = types.MethodType(forward, model)
     return True

@@ -25,8 +25,8 @@ from llt.train.config import DataArguments, LltTrainingArguments, LoraArguments,
 DATACLASSES = (ModelArguments, DataArguments, LoraArguments, LltTrainingArguments)
 
 
-def build_parser() -> HfArgumentParser:
-    return HfArgumentParser(DATACLASSES)
+def build_parser(extra: tuple = ()) -> HfArgumentParser:
+    return HfArgumentParser(DATACLASSES + tuple(extra))
 
 
 def _split_config(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -91,10 +91,11 @@ def unknown_flag_message(parser, remaining: list[str]) -> str:
     return f"unknown flag {name}{hint} (see --help)"
 
 
-def parse_args(argv: list[str] | None = None):
-    """(ModelArguments, DataArguments, LoraArguments, LltTrainingArguments) from argv."""
+def parse_args(argv: list[str] | None = None, extra: tuple = ()):
+    """(ModelArguments, DataArguments, LoraArguments, LltTrainingArguments, *extra) from argv;
+    `extra`: more dataclasses of flags (recipes/dpo.py's `PreferenceArguments`)."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    parser = build_parser(extra)
     config, rest = _split_config(argv)
     recipe = read_recipe(config, parser) if config else {}
     parser.set_defaults(**recipe)
@@ -102,14 +103,14 @@ def parse_args(argv: list[str] | None = None):
     *groups, remaining = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
     if remaining:
         raise ConfigError(unknown_flag_message(parser, remaining))
-    model_args, data_args, lora_args, train_args = groups
+    model_args, data_args, lora_args, train_args, *more = groups
     _check_eval(data_args, train_args)
     if not model_args.model_path:
         raise ConfigError("--model_path is required (a HF model folder)")
     if not data_args.data_path:
         raise ConfigError("--data_path is required (corpus folders from `llt encode`)")
     train_args.llt_config_file = config
-    return model_args, data_args, lora_args, train_args
+    return (model_args, data_args, lora_args, train_args, *more)
 
 
 def eval_defaults(recipe: dict, argv: list[str]) -> dict:

@@ -18,15 +18,23 @@ from llt.errors import LltError
 from llt.runs.folder import CONFIG
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, preference: bool = False) -> int:
+    """`preference=True`: recipes/dpo.py (its flags, pair corpora, `PreferenceTrainer`)."""
     from llt.train.parse import parse_args
 
+    command = "llt dpo" if preference else "llt train"
     try:
         try:
-            model_args, data_args, lora_args, args = parse_args(argv)
-            trainer = build(model_args, data_args, lora_args, args)
+            extra = ()
+            if preference:
+                from llt.train.preference import PreferenceArguments
+
+                extra = (PreferenceArguments,)
+            groups = parse_args(argv, extra)
+            args = groups[3]
+            trainer = build(*groups)
         except LltError as e:
-            print(f"llt train: error: {e}", file=sys.stderr)
+            print(f"{command}: error: {e}", file=sys.stderr)
             return 2
         return _train(trainer, args)
     finally:
@@ -72,20 +80,22 @@ def _train(trainer, args) -> int:
     return 0
 
 
-def build(model_args, data_args, lora_args, args):
-    """Everything up to `trainer.train()`; every check that can fail runs here."""
+def build(model_args, data_args, lora_args, args, pref_args=None):
+    """Everything up to `trainer.train()`; every check that can fail runs here. With
+    `pref_args` (recipes/dpo.py) the corpora must hold preference pairs and the trainer is
+    `PreferenceTrainer`; without, they must not."""
     from llt.data.collate import make_collator
     from llt.data.run_data import build_data, corpus_specs
     from llt.train.attention import is_varlen
     from llt.train.callbacks import CorpusMixCallback, PreemptionCallback, ThroughputCallback, peak_tflops
-    from llt.train.checks import adopt_chat_template, check_data_fits, check_world, verify_on_local_main
+    from llt.train.checks import (adopt_chat_template, check_data_fits, check_encode_types, check_world,
+                                  verify_on_local_main)
     from llt.train.lora import apply_lora
     from llt.train.loss import use_chunked_loss
     from llt.train.model import flops_per_token_info, load_model, load_training_tokenizer
+    from llt.train.pref_setup import trainer_class
     from llt.train.quant import quantization_config
     from transformers import set_seed
-    from llt.train.report import write_run_report
-    from llt.train.trainer import LltTrainer
 
     logging.basicConfig(level=logging.INFO if args.should_log else logging.WARNING, format="%(message)s")
     check_world(args)
@@ -95,9 +105,9 @@ def build(model_args, data_args, lora_args, args):
     # drawn while the model is built, and two runs with one --seed must start alike.
     set_seed(args.seed)
     if data_args.verify_data:
-        specs, eval_specs = corpus_specs(data_args)
-        verify_on_local_main([s.path for s in specs + eval_specs], args)
+        verify_on_local_main([s.path for specs in corpus_specs(data_args) for s in specs], args)
     data = build_data(data_args, seed=args.data_seed if args.data_seed is not None else args.seed)
+    check_encode_types(data, preference=pref_args is not None)
     adopt_chat_template(tokenizer, data)  # saved with every checkpoint: export prompts as trained
     model = load_model(model_args, args, tokenizer, new_ids, padded=data_args.padding != "free",
                        quantization=quantization)
@@ -105,31 +115,41 @@ def build(model_args, data_args, lora_args, args):
     # Liger's fused linear cross-entropy (--use_liger_kernel, patched in by HF) does the
     # same job in one kernel; llt's chunked loss is the portable default.
     group_loss = bool(model_args.chunked_loss and not args.use_liger_kernel
-                      and use_chunked_loss(model, n_groups=data.n_groups))
+                      and use_chunked_loss(model, n_groups=data.n_groups)) and pref_args is None
     attn = getattr(model.config, "_attn_implementation", None) or "sdpa"
     collator = make_collator(data_args.padding, data.dataset, tokenizer.pad_token_id, is_varlen(attn), attn,
-                             data_args.pad_to_multiple_of, data.n_groups)
+                             data_args.pad_to_multiple_of, data.n_groups, pairs=pref_args is not None)
     throughput = ThroughputCallback(flops_per_token_info(model), peak_tflops(args.peak_tflops))
     if lora_args.use_lora:
         model = apply_lora(model, lora_args, new_ids)
     mix = CorpusMixCallback(data.names) if data.dataset.n_corpora > 1 else None
     preemption = PreemptionCallback()
     callbacks = _callbacks(args, preemption)
-    trainer = LltTrainer(
+    cls, extra = trainer_class(pref_args, model, model_args, lora_args, args)
+    trainer = cls(
         model=model, args=args, train_dataset=data.dataset, processing_class=tokenizer,
         data_collator=collator, callbacks=callbacks, shuffle_data=data_args.shuffle_data,
         throughput=throughput, plan=data.plan, eval_dataset=data.eval_set, mix=mix,
-        preemption=preemption, group_loss=group_loss)
+        preemption=preemption, group_loss=group_loss, **extra)
+    groups = {"model_args": model_args, "data_args": data_args, "lora_args": lora_args, "args": args}
+    if pref_args is not None:
+        groups["preference_args"] = pref_args
+    return _ready(trainer, [mix, throughput], data, model, groups)
+
+
+def _ready(trainer, meters: list, data, model, groups: dict):
+    """The meters first among the callbacks, the resume planned, the config and report saved."""
+    from llt.train.report import write_run_report
+
+    args = trainer.args
     # The meters go before HF's own callbacks (which the constructor puts first), so the
     # figures they add reach the printed line and every report_to backend.
-    for meter in (mix, throughput):
-        if meter is not None:
-            trainer.callback_handler.callbacks.insert(0, meter)
+    for meter in [m for m in meters if m is not None]:
+        trainer.callback_handler.callbacks.insert(0, meter)
     if args.resume_from_checkpoint:
         args.resume_from_checkpoint = trainer.plan_resume(args.resume_from_checkpoint)
     if args.should_save:
-        save_config(args.output_dir, model_args=model_args, data_args=data_args,
-                    lora_args=lora_args, args=args)
+        save_config(args.output_dir, **groups)
         write_run_report(args.output_dir, args, data, model)
     return trainer
 

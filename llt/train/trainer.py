@@ -105,11 +105,9 @@ class LltTrainer(HfHookOverrides, Trainer):
         eval_set = self.eval_dataset if eval_dataset is None else eval_dataset
         if eval_set is None:
             return {}
-        from llt.train.evaluate import held_out_loss
-
         args = self.args
         model = self.model_wrapped if self.model_wrapped is not None else self.model
-        metrics = held_out_loss(self, model, eval_set, metric_key_prefix)
+        metrics = self.held_out_metrics(model, eval_set, metric_key_prefix)
         key = args.metric_for_best_model or "loss"
         value = metrics.get(key if key.startswith(metric_key_prefix) else f"{metric_key_prefix}_{key}")
         if value is not None and (self.state.best_metric is None or (
@@ -119,6 +117,11 @@ class LltTrainer(HfHookOverrides, Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(args, self.state, self.control, metrics)
         return metrics
+
+    def held_out_metrics(self, model, eval_set, prefix: str) -> dict:
+        from llt.train.evaluate import held_out_loss
+
+        return held_out_loss(self, model, eval_set, prefix)
 
     # ---- resume ----
     def plan_resume(self, path: str) -> str:
