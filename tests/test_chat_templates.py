@@ -280,3 +280,11 @@ def test_inspect_check_reports_no_difference_and_finds_the_samples(tmp_path, fam
     (other / "summary.json").write_text(json.dumps(manifest))
     llt(["inspect", str(other), "--check"])
     assert "the corpus was written with other settings or code" in capsys.readouterr().out
+
+
+def test_a_template_error_names_the_record_and_message(tmp_path, family_toks):
+    # Hermes-3's tool-use template iterates `tools`: a record without them cannot render
+    with pytest.raises(LltError, match=r"line 1: the chat template failed on message 1: TypeError"):
+        decoded_turns("hermes3-tools", family_toks, tmp_path, [plain_conversation(False)])
+    # an empty list is a list: the template renders it
+    assert decoded_turns("hermes3-tools", family_toks, tmp_path, [{**plain_conversation(False), "tools": []}])

@@ -342,3 +342,18 @@ def test_two_process_lora_dpo_and_zero3(tmp_path, tiny_model_dir, pair_corpus):
         state = json.loads(next((tmp_path / name).glob("*/checkpoint-3/trainer_state.json")).read_text())
         steps = [h for h in state["log_history"] if "rewards/margins" in h]
         assert len(steps) == 3 and abs(steps[0]["loss"] - math.log(2)) < 1e-4, (name, steps[0])
+
+
+def test_dpo_mixes_pair_corpora_and_evaluates_held_out_pairs(tmp_path, tiny_model_dir, pair_corpus, tiny_tok_dir):
+    from conftest import logged_losses
+
+    _, other = encode(tmp_path, tiny_tok_dir, [write_jsonl(tmp_path / "q.jsonl", CHAT_PAIRS * 3)],
+                      encode_type="preference", corpus_name="chat")
+    assert _dpo(["--model_path", str(tiny_model_dir), "--data_path", f"a={pair_corpus}:1", f"b={other}:3",
+                 "--output_path", str(tmp_path / "r"), "--use_lora", "true", "--max_steps", "4",
+                 "--eval_split", "0.2", "--eval_steps", "2"]) == 0
+    state = json.loads(next((tmp_path / "r").glob("*/checkpoint-4/trainer_state.json")).read_text())
+    evals = [h for h in state["log_history"] if "eval_rewards/accuracies" in h]
+    assert evals and all(h["eval_pairs"] > 0 for h in evals)
+    assert any("tokens_seen/b" in h for h in state["log_history"])
+    assert len(logged_losses(next((tmp_path / "r").glob("*/checkpoint-4")))) == 4

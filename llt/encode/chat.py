@@ -109,7 +109,7 @@ class ShapePlan:
 def _values(conv: Conversation) -> list[str] | None:
     """A plain conversation's texts in slot order (content, reasoning per message), or None
     when it is not plain (tools, tool calls, or a text holding a placeholder character)."""
-    if conv.tools:
+    if conv.tools is not None:
         return None
     values = []
     for m in conv.messages:

@@ -153,4 +153,4 @@ def read_conversation(rec, messages_field: str, tools_field: str,
             out.append(Message(m["role"], m["content"]))
         else:
             out.append(_message(m, j, say_record))
-    return Conversation(out, tools or None)
+    return Conversation(out, tools)  # [] stays []: templates tell it from None (Hermes-3 needs a list)
