@@ -263,16 +263,19 @@ def test_shape_plans_give_the_turn_rules_samples_and_fall_back_when_a_template_e
     assert llama.exact == 1 and llama.planned == 0
 
 
-def test_inspect_check_reports_no_difference_and_finds_the_samples(tmp_path, family_toks, capsys):
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_inspect_check_reports_no_difference_and_finds_the_samples(tmp_path, family_toks, capsys, name):
     from llt.cli import main as llt
 
-    fam = FAMILIES["gpt-oss"]
-    tok_dir, _ = family_toks["gpt-oss"]
+    fam = FAMILIES[name]
+    tok_dir, _ = family_toks[name]
     src = write_jsonl(tmp_path / "chat.jsonl", fam.records)
     _, corpus = encode(tmp_path, tok_dir, [src], encode_type="chat", merge_data=True, max_length=4096)
     assert llt(["inspect", str(corpus), "--check"]) == 0
     out = capsys.readouterr().out
     assert "0 difference(s)" in out and "the corpus was written with other settings" not in out
+    if name != "gpt-oss":
+        return
     # a corpus encoded with other settings (last turn only) is found out
     _, other = encode(tmp_path, tok_dir, [src], encode_type="chat", corpus_name="last", train_turns="last")
     manifest = json.loads((other / "summary.json").read_text())

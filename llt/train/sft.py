@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None, preference: bool = False) -> int:
         except LltError as e:
             print(f"{command}: error: {e}", file=sys.stderr)
             return 2
-        return _train(trainer, args)
+        return _train(trainer, args, command)
     finally:
         _leave_process_group()
 
@@ -53,7 +53,7 @@ def _leave_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def _train(trainer, args) -> int:
+def _train(trainer, args, command: str = "llt train") -> int:
     """Train, then say how it ended; 0 unless the DeepSpeed JSON contradicts the flags."""
     try:
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
@@ -61,10 +61,10 @@ def _train(trainer, args) -> int:
         # Values HF can only check once the schedule is known (warmup, total steps).
         if "DeepSpeed config values that mismatch" not in str(e):
             raise
-        print(f"llt train: error: --deepspeed_config_path {args.deepspeed}: {e}", file=sys.stderr)
+        print(f"{command}: error: --deepspeed_config_path {args.deepspeed}: {e}", file=sys.stderr)
         return 2
     if trainer.already_finished is not None:
-        print(f"llt train: {args.resume_from_checkpoint} is at step {trainer.already_finished}, the "
+        print(f"{command}: {args.resume_from_checkpoint} is at step {trainer.already_finished}, the "
               "last step of this run; nothing to train (raise --max_steps or --max_epochs to go on)")
         return 0
     preempt = trainer.preemption
@@ -72,11 +72,11 @@ def _train(trainer, args) -> int:
         if args.should_save:
             import signal
             name = signal.Signals(preempt.received).name if preempt.received else "a signal on another rank"
-            print(f"llt train: stopped by {name} after step {preempt.stopped_at}; "
+            print(f"{command}: stopped by {name} after step {preempt.stopped_at}; "
                   f"resumable checkpoint saved; continue with --load_ckpt_path {args.output_dir}")
         return 0
     if args.should_save:
-        print(f"llt train: done; run folder {args.output_dir}")
+        print(f"{command}: done; run folder {args.output_dir}")
     return 0
 
 
