@@ -105,7 +105,7 @@ def check_corpus(corpus: Path, manifest: dict, n: int, inputs: list[str] | None)
     from llt.tokenizer_loader import load_tokenizer
 
     chat, args = manifest.get("chat"), manifest["args"]
-    if not chat:
+    if not chat or manifest["encode_type"] != "chat":
         raise LltError(f"{corpus}: not a chat corpus (encode_type {manifest['encode_type']}); --check "
                        "compares chat turns with the chat template")
     tok = load_tokenizer(manifest["tokenizer"]["path"], True)
