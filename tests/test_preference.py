@@ -357,3 +357,34 @@ def test_dpo_mixes_pair_corpora_and_evaluates_held_out_pairs(tmp_path, tiny_mode
     assert evals and all(h["eval_pairs"] > 0 for h in evals)
     assert any("tokens_seen/b" in h for h in state["log_history"])
     assert len(logged_losses(next((tmp_path / "r").glob("*/checkpoint-4")))) == 4
+
+
+def test_gradient_accumulation_matches_one_large_batch(tmp_path, tiny_model_dir, tiny_tok_dir):
+    """The loss is a mean over a micro-batch's pairs, divided by the accumulation steps, as
+    TRL: two micro-batches of 2 pairs step the weights as one batch of 4 does."""
+    from safetensors.torch import load_file
+
+    _, corpus = encode(tmp_path, tiny_tok_dir, [write_jsonl(tmp_path / "p.jsonl", PAIRS[:4])], encode_type="preference")
+    common = ["--model_path", str(tiny_model_dir), "--data_path", str(corpus), "--max_steps", "1",
+              "--shuffle_data", "false", "--learning_rate", "1e-2", "--optim", "sgd"]
+    assert _dpo([*common, "--output_path", str(tmp_path / "one"), "--per_device_train_batch_size", "4"]) == 0
+    assert _dpo([*common, "--output_path", str(tmp_path / "two"), "--per_device_train_batch_size", "2",
+                 "--gradient_accumulation_steps", "2"]) == 0
+    a = load_file(next((tmp_path / "one").glob("*/checkpoint-1/model.safetensors")))
+    b = load_file(next((tmp_path / "two").glob("*/checkpoint-1/model.safetensors")))
+    start = load_file(tiny_model_dir / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-4  # the step moved them
+
+
+def test_precomputed_reference_is_reused_on_resume(tmp_path, tiny_model_dir, pair_corpus):
+    common = ["--model_path", str(tiny_model_dir), "--data_path", str(pair_corpus), "--precompute_ref_logps", "true",
+              "--save_optimizer", "--save_steps", "2", "--output_path", str(tmp_path / "r")]
+    assert _dpo([*common, "--max_steps", "2"]) == 0
+    run = run_folder(tmp_path / "r")
+    cache = run / "ref_logps.npz"
+    stamp = cache.stat().st_mtime_ns
+    assert _dpo([*common, "--max_steps", "4", "--load_ckpt_path", str(run)]) == 0
+    assert cache.stat().st_mtime_ns == stamp  # loaded, not computed again (the policy has moved)
+    resumed = next(p for p in (tmp_path / "r").iterdir() if (p / "checkpoint-4").is_dir())
+    assert (resumed / "ref_logps.npz").read_bytes() == cache.read_bytes()  # the new folder has them too

@@ -82,14 +82,10 @@ class PreferenceTrainer(LltTrainer):
 
     def _precompute(self, model) -> None:
         """Before the first step (the wrapped model is ready then, ZeRO-3 included)."""
-        from llt.errors import ConfigError
         from llt.train.ref_cache import precompute
 
-        unwrapped = self.accelerator.unwrap_model(model)
-        if self.state.global_step > 0 and not hasattr(unwrapped, "disable_adapter"):
-            raise ConfigError(f"--precompute_ref_logps: {self.args.output_dir} has no ref_logps.npz for this "
-                              "model and data, and a resumed full fine-tune can no longer compute them")
-        self.ref_logps = precompute(self, model, self.model_path)
+        lora = hasattr(self.accelerator.unwrap_model(model), "disable_adapter")
+        self.ref_logps = precompute(self, model, self.model_path, can_compute=lora or self.state.global_step == 0)
 
     # ---- the loss ----
     def pair_terms(self, model, inputs: dict, split: str):

@@ -3,8 +3,9 @@
 Before the first step, each rank runs the reference over its share of the training pairs
 (and of the held-out pairs) in order, with no gradient; the ranks' results are gathered, so
 every rank holds them all, and the main process saves them in the run folder
-(`ref_logps.npz`) with what they depend on (the model and the data). A resumed run, or a
-new one on the same model and data, loads the file instead of computing it again. During
+(`ref_logps.npz`) with what they depend on (the model and the data). A resumed run loads
+the file (from its own folder or beside the checkpoint it resumes from) instead of
+computing it again. During
 training a batch looks its pairs up by sample id (`RefLogps.lookup`).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -77,16 +79,29 @@ def _compute(trainer, model, dataset) -> RefLogps:
     return RefLogps.from_parts(parts)
 
 
-def precompute(trainer, model, model_path: str) -> dict[str, RefLogps]:
+def precompute(trainer, model, model_path: str, can_compute: bool = True) -> dict[str, RefLogps]:
     """The reference log-probs of the train and eval pairs: loaded from the run folder when
-    they were computed for this model and data, else computed and saved."""
+    they were computed for this model and data, else computed and saved (`can_compute`:
+    the model still is the reference; a resumed full fine-tune is not)."""
     path = Path(trainer.args.output_dir) / FILE
     key = identity(model_path, trainer)
-    if path.is_file():
-        saved = np.load(path)
-        if str(saved["identity"]) == key:
-            return {s: RefLogps(saved[f"{s}_ids"], saved[f"{s}_offsets"], saved[f"{s}_values"])
-                    for s in ("train", "eval") if f"{s}_ids" in saved}
+    # A resumed run writes a new run folder: the values are also looked for beside the
+    # checkpoint it resumes from, and copied into the new folder.
+    resumed = trainer.args.resume_from_checkpoint
+    for found in [path] + ([Path(resumed).parent / FILE] if resumed else []):
+        if found.is_file():
+            saved = np.load(found)
+            if str(saved["identity"]) == key:
+                if found != path and trainer.args.should_save:
+                    shutil.copyfile(found, path)
+                return {s: RefLogps(saved[f"{s}_ids"], saved[f"{s}_offsets"], saved[f"{s}_values"])
+                        for s in ("train", "eval") if f"{s}_ids" in saved}
+    if not can_compute:
+        from llt.errors import ConfigError
+
+        raise ConfigError(f"--precompute_ref_logps: neither {path.parent} nor the checkpoint's run folder holds "
+                          f"{FILE} for this model and data, and a resumed full fine-tune can no longer compute "
+                          "them (its weights have moved away from the reference)")
     was_training = model.training
     model.eval()
     out = {"train": _compute(trainer, model, trainer.train_dataset)}
