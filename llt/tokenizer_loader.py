@@ -1,10 +1,12 @@
 """Loading a HF tokenizer from a local folder, fast where it can be.
 
 `load_tokenizer` returns a `RawTokenizer` (built on the `tokenizers` library alone) when
-the folder's `tokenizer.json` says everything and no chat template is needed: that import
-does not pull in torch or transformers (AutoTokenizer costs +190 MB RSS and 2 s per
-process), which keeps the encoder's workers small and quick to start. Otherwise it loads
-the transformers tokenizer. Used by `llt encode` and `llt inspect`.
+the folder's `tokenizer.json` says everything: that import does not pull in torch or
+transformers (importing transformers costs 0.55 s, AutoTokenizer +190 MB RSS), which keeps
+the encoder quick to start and its workers small. Its chat template, named special tokens
+and added-token flags are read from the folder's files as transformers 5 reads them
+(`tests/test_tokenizer.py` compares each). Otherwise, or when asked for, it loads the
+transformers tokenizer. Used by `llt encode` and `llt inspect`.
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ class RawTokenizer:
     EOS, BOS prefix, fingerprint) equals the transformers tokenizer's.
     """
 
-    chat_template = None
-
     def __init__(self, path: Path):
         from tokenizers import Tokenizer
 
@@ -38,6 +38,11 @@ class RawTokenizer:
         self.eos_token = _config_token(path, "eos_token")
         self.eos_token_id = (self.backend_tokenizer.token_to_id(self.eos_token)
                              if self.eos_token else None)
+        # What a chat template is rendered with (`apply_chat_template` passes these).
+        self.special_tokens_map = {name: token for name in _NAMED_TOKENS
+                                   if (token := _config_token(path, name)) is not None}
+        self.chat_template = _chat_template(path)
+        self.added_tokens_decoder = self.backend_tokenizer.get_added_tokens_decoder()
 
     def __len__(self) -> int:
         return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
@@ -68,6 +73,25 @@ def _config_token(path: Path, name: str) -> str | None:
     return None
 
 
+_NAMED_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def _chat_template(path: Path) -> str | dict | None:
+    """The folder's chat template as transformers 5 loads it: `chat_template.jinja` (and
+    named ones in `additional_chat_templates/`) before `tokenizer_config.json`'s `chat_template`."""
+    named = {f.stem: f.read_text(encoding="utf-8")
+             for f in sorted((path / "additional_chat_templates").glob("*.jinja"))}
+    if (path / "chat_template.jinja").is_file():
+        default = (path / "chat_template.jinja").read_text(encoding="utf-8")
+        return {"default": default, **named} if named else default
+    if named:
+        return named
+    value = _read_json(path / "tokenizer_config.json").get("chat_template")
+    if isinstance(value, list):  # [{"name": ..., "template": ...}], as transformers reads it
+        return {t["name"]: t["template"] for t in value}
+    return value or None
+
+
 def _raw_is_faithful(path: Path) -> bool:
     """True when transformers would add nothing to what tokenizer.json does by itself.
 
@@ -79,12 +103,11 @@ def _raw_is_faithful(path: Path) -> bool:
         and not cfg.get("add_eos_token")
 
 
-def load_tokenizer(path: str | os.PathLike, need_chat_template: bool = True):
+def load_tokenizer(path: str | os.PathLike, transformers: bool = False):
     """Load a HF tokenizer from a local folder.
 
-    With `need_chat_template=False` and a plain `tokenizer.json` folder this returns a
-    `RawTokenizer` (fast start, no torch or transformers import); otherwise a
-    transformers tokenizer.
+    A plain `tokenizer.json` folder gives a `RawTokenizer` (fast start, no torch or
+    transformers import); other folders, or `transformers=True`, a transformers tokenizer.
 
     Examples:
         >>> tok = load_tokenizer("../shared/assets/tokenizers/smollm2")  # doctest: +SKIP
@@ -93,7 +116,7 @@ def load_tokenizer(path: str | os.PathLike, need_chat_template: bool = True):
     """
     p = Path(path)
     try:
-        if not need_chat_template and _raw_is_faithful(p):
+        if not transformers and _raw_is_faithful(p):
             return RawTokenizer(p)
         if (p / "tokenizer.json").is_file():
             from transformers import PreTrainedTokenizerFast

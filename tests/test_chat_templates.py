@@ -217,15 +217,49 @@ def test_malformed_messages_are_named(tmp_path, family_toks, bad, why):
 
 
 def test_our_render_equals_apply_chat_template(family_toks):
+    """Rendered in llt's own jinja environment, with the raw tokenizer the encoder loads."""
+    from llt.tokenizer_loader import RawTokenizer, load_tokenizer
+
     for name, fam in FAMILIES.items():
-        _, tok = family_toks[name]
-        tpl = ChatTemplate(tok, fam.source, None, datetime.date.today().isoformat())
+        d, tok = family_toks[name]
+        raw = load_tokenizer(d)
+        assert isinstance(raw, RawTokenizer)
+        tpl = ChatTemplate(raw, fam.source, None, datetime.date.today().isoformat())
         rec = {**plain_conversation(False), "tools": [WEATHER]}
         conv = read_conversation(rec, "messages", "tools", RecordError)
         dicts = tpl.to_dicts(conv.messages)
-        ours = tpl.render(dicts, conv.tools, True)
-        assert ours == tok.apply_chat_template(dicts, tools=conv.tools, tokenize=False,
-                                               add_generation_prompt=True), name
+        for gen in (True, False):
+            ours = tpl.render(dicts, conv.tools, gen)
+            assert ours == tok.apply_chat_template(dicts, tools=conv.tools, tokenize=False,
+                                                   add_generation_prompt=gen), name
+
+
+def test_jinja_environment_matches_transformers():
+    """Same settings, filters, tests and globals as transformers' chat-template environment,
+    so a template that works with apply_chat_template works here (and one that fails, fails)."""
+    import jinja2
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    from llt.encode.jinja_env import compile_template, environment
+
+    theirs, ours = _compile_jinja_template("x").environment, environment()
+    for attr in ("trim_blocks", "lstrip_blocks", "keep_trailing_newline"):
+        assert getattr(ours, attr) == getattr(theirs, attr)
+    assert set(ours.filters) == set(theirs.filters) and set(ours.tests) == set(theirs.tests)
+    assert set(ours.globals) == set(theirs.globals)
+    assert {type(e).__name__ for e in ours.extensions.values()} - {"GenerationTag"} == \
+        {type(e).__name__ for e in theirs.extensions.values()} - {"AssistantTracker"}
+    src = ("{% set ns = namespace(n=0) %}{% for m in messages %}{% if loop.index > 2 %}{% break %}{% endif %}"
+           "{% generation %}{{ m.content | tojson }}{% endgeneration %}{% set ns.n = ns.n + 1 %}"
+           "{% endfor %}{{ ns.n }}{{ dict(a=1) | tojson }}")
+    msgs = [{"content": "<b>é</b>"}] * 3
+    assert compile_template(src).render(messages=msgs) == _compile_jinja_template(src).render(messages=msgs)
+    assert compile_template(src).render(messages=msgs) == '"<b>é</b>""<b>é</b>"2{"a": 1}'
+    for bad in ("{{ raise_exception('no system role') }}", "{% set ns = namespace(_x=1) %}",
+                "{{ ''.__class__.__mro__ }}", "{% set x = messages.append(1) %}"):
+        for env in (compile_template, _compile_jinja_template):
+            with pytest.raises((jinja2.TemplateError, jinja2.exceptions.SecurityError)):
+                env(bad).render(messages=[])
 
 
 def test_deepseek_r1_second_tool_round_is_refused_with_the_reason(tmp_path, family_toks):

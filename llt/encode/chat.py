@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass, field
 
 from llt.encode.chat_template import ChatTemplate, TurnError
-from llt.encode.messages import Conversation, Message, RecordError
+from llt.encode.messages import Conversation, Message
 
 
 @dataclass
@@ -232,11 +232,12 @@ def join_at_hard_ends(layout: list, ends: dict[str, int]) -> tuple[list[str], li
     suffixes = tuple(ends)
     texts, owners, splits = [], [], []
     for k, s in layout:
-        segs, trained, j = s.texts, s.trained, 0
-        while j < len(segs):
+        segs, trained = s.texts, s.trained
+        n, j = len(segs), 0
+        while j < n:
             t = segs[j]
-            if trained[j] and j + 1 < len(segs) and suffixes and t.endswith(suffixes):
-                end = next(e for e in suffixes if t.endswith(e))
+            if suffixes and trained[j] and j + 1 < n and t.endswith(suffixes):
+                end = suffixes[0] if len(suffixes) == 1 else next(e for e in suffixes if t.endswith(e))
                 texts.append(t + segs[j + 1])
                 splits.append((ends[end], t.count(end)))
                 j += 2
@@ -249,17 +250,30 @@ def join_at_hard_ends(layout: list, ends: dict[str, int]) -> tuple[list[str], li
 
 
 def split_lengths(ids, lens, splits: list):
-    """Token counts per segment, from the counts per joined text (`join_at_hard_ends`)."""
+    """Token counts per segment, from the counts per joined text (`join_at_hard_ends`).
+
+    Vectorized: the k-th occurrence of the id inside a joined text is found among all its
+    occurrences in the batch (one pass over the ids per distinct id, not one per text).
+    """
     import numpy as np
 
-    out = []
-    start = 0
-    for n, split in zip(lens.tolist(), splits):
-        if split is None:
-            out.append(n)
-        else:
-            tid, count = split
-            cut = int(np.flatnonzero(ids[start:start + n] == tid)[count - 1]) + 1
-            out += (cut, n - cut)
-        start += n
-    return np.array(out, np.int64)
+    joined = np.array([k for k, sp in enumerate(splits) if sp is not None], np.int64)
+    if not len(joined):
+        return np.asarray(lens, np.int64)
+    starts = np.zeros(len(lens), np.int64)
+    np.cumsum(lens[:-1], out=starts[1:])
+    tids = np.array([splits[k][0] for k in joined], np.int64)
+    counts = np.array([splits[k][1] for k in joined], np.int64)
+    cuts = np.zeros(len(joined), np.int64)
+    for tid in np.unique(tids):
+        sel = tids == tid
+        where = np.flatnonzero(ids == tid)
+        at = np.searchsorted(where, starts[joined[sel]]) + counts[sel] - 1
+        cuts[sel] = where[np.minimum(at, len(where) - 1)] + 1 - starts[joined[sel]]
+    if ((cuts < 1) | (cuts > lens[joined])).any():  # the token was not split out whole
+        raise AssertionError("a hard special token did not tokenize as itself")
+    out = np.repeat(np.asarray(lens, np.int64), np.where([sp is not None for sp in splits], 2, 1))
+    first = joined + np.arange(len(joined))  # where each joined text's first part lands
+    out[first] = cuts
+    out[first + 1] = lens[joined] - cuts
+    return out

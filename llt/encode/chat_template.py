@@ -1,8 +1,8 @@
 """A chat template as the encoder uses it: compiled once, rendered directly, fitted once to
 how it wants messages, and the rule that finds the text a model generates for a turn.
 
-Rendering goes through the template transformers compiles (same sandbox, filters and
-globals as `apply_chat_template`), called directly: `apply_chat_template` re-checks and
+Rendering goes through the template compiled as transformers compiles it
+(`jinja_env`: same sandbox, filters and globals as `apply_chat_template`), called directly: `apply_chat_template` re-checks and
 copies the conversation on every call, which cost 3x the render itself (measured on
 Qwen2.5's template, 7-message conversations), and the encoder renders each conversation
 2 times per assistant turn. `tests/test_chat_templates.py` checks both give the same text.
@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from dataclasses import dataclass
 
-from llt.encode.messages import REASONING_KEYS, Message
+from llt.encode.jinja_env import compile_template
+from llt.encode.messages import Message
 from llt.errors import LltError
 
 
@@ -41,56 +41,6 @@ _PROBE_TOOL = {"type": "function", "function": {
     "name": "probe_fn", "description": "probe",
     "parameters": {"type": "object", "properties": {"probe_key": {"type": "string", "description": "k"}},
                    "required": ["probe_key"]}}}
-
-
-def _cached_sandbox_class():
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    safe: dict[tuple[type, str], bool] = {}
-    dict_attrs = frozenset(dir(dict))
-
-    class CachedSandbox(ImmutableSandboxedEnvironment):
-        """transformers' sandbox with its attribute checks answered once per (type, name).
-
-        Whether `str.startswith`, `loop.last` or `list.append` is safe depends on the type and
-        the name only (`is_internal_attribute`, `modifies_known_mutable`); the sandbox works
-        it out on every access (ABC isinstance checks), which was
-        half of Qwen3's render time. `message.content` on a dict skips the failed attribute
-        lookup the sandbox tries first (the dict has no such attribute: the same result).
-        """
-
-        def getattr(self, obj, attribute):
-            t = type(obj)
-            if t is dict and attribute not in dict_attrs:
-                return obj[attribute] if attribute in obj else self.undefined(obj=obj, name=attribute)
-            if attribute not in ("format", "format_map"):  # those the sandbox wraps: its own path
-                ok = safe.get((t, attribute))
-                if ok is None:
-                    try:
-                        value = getattr(obj, attribute)
-                    except AttributeError:
-                        return super().getattr(obj, attribute)
-                    ok = safe[(t, attribute)] = bool(self.is_safe_attribute(obj, attribute, value))
-                if ok:
-                    return getattr(obj, attribute)
-            return super().getattr(obj, attribute)
-
-    return CachedSandbox, ImmutableSandboxedEnvironment
-
-
-def _faster(compiled, source: str):
-    """The same template in `CachedSandbox`, with transformers' extensions, filters, tests
-    and globals; transformers' own when its environment is not the stock sandbox."""
-    cls, stock = _cached_sandbox_class()
-    env = compiled.environment
-    if type(env) is not stock:
-        return compiled
-    fast = cls(trim_blocks=env.trim_blocks, lstrip_blocks=env.lstrip_blocks,
-               extensions=[type(e) for e in env.extensions.values()])
-    fast.filters.update(env.filters)
-    fast.tests.update(env.tests)
-    fast.globals.update(env.globals)
-    return fast.from_string(source)
 
 
 def load_template_source(tok, path: str | None) -> str:
@@ -112,11 +62,9 @@ class ChatTemplate:
     """Render conversations with one template and fixed keyword arguments."""
 
     def __init__(self, tok, source: str, kwargs: dict | None = None, date: str | None = None):
-        from transformers.utils.chat_template_utils import _compile_jinja_template
-
         self.tok, self.source = tok, source
         try:
-            self.compiled = _faster(_compile_jinja_template(source), source)
+            self.compiled = compile_template(source)
         except Exception as e:  # noqa: BLE001 - a template is user input
             raise LltError(f"the chat template does not compile: {type(e).__name__}: {e}") from None
         day = datetime.date.fromisoformat(date) if date else datetime.date.today()

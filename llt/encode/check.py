@@ -108,7 +108,7 @@ def check_corpus(corpus: Path, manifest: dict, n: int, inputs: list[str] | None)
     if not chat or manifest["encode_type"] != "chat":
         raise LltError(f"{corpus}: not a chat corpus (encode_type {manifest['encode_type']}); --check "
                        "compares chat turns with the chat template")
-    tok = load_tokenizer(manifest["tokenizer"]["path"], True)
+    tok = load_tokenizer(manifest["tokenizer"]["path"], transformers=True)
     tpl = ChatTemplate(tok, chat["template"], chat["kwargs"], chat["date"])
     builder = SampleBuilder(tok, TokenizerInfo.of(tok, manifest["tokenizer"]["path"]), "chat", 10**9,
                             names=Fields(messages=args["messages_field"], tools=args["tools_field"]),

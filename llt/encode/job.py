@@ -78,7 +78,7 @@ def run_encode(args: EncodeArgs, progress_bar: bool = True) -> dict:
 def start_workers(args: EncodeArgs) -> _Run:
     """Check the tokenizer, inputs and output folder, then fork the workers."""
     t0 = time.time()
-    tok = load_tokenizer(args.tokenizer_path, args.uses_chat_template or args.encode_type == "preference")
+    tok = load_tokenizer(args.tokenizer_path)
     info = TokenizerInfo.of(tok, args.tokenizer_path)
     info.require(args.encode_type, args.uses_chat_template)
     try:

@@ -16,7 +16,7 @@ them, tokenizes them in one batched call and returns a `SampleBatch` of flat arr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from itertools import chain
 from typing import Callable
 

@@ -76,7 +76,7 @@ def encode_worker(k: int, job: WorkerJob, inbox, results, progress) -> None:
         # used the pool, so it starts fresh in each forked worker.
         os.environ["TOKENIZERS_PARALLELISM"] = "true"
         os.environ.setdefault("RAYON_NUM_THREADS", str(job.tokenizer_threads))
-        tok = INHERITED_TOKENIZER or load_tokenizer(args.tokenizer_path, args.uses_chat_template or args.encode_type == "preference")
+        tok = INHERITED_TOKENIZER or load_tokenizer(args.tokenizer_path)
         builder = SampleBuilder(tok, job.info, args.encode_type, args.max_length,
                                 args.overlong, args.qa_template, args.strict,
                                 Fields(args.text_field, args.q_field, args.a_field, args.messages_field,
