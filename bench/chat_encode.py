@@ -22,7 +22,7 @@ Ceiling and llt alternate (3 times up to 16M tokens written, else once), medians
 peak memory from one more run of its own. `startup_s` is the same command on 20
 conversations (interpreter, imports, loading the 151k-token tokenizer and fingerprinting
 it: about 0.6 s here), a fixed cost the ceiling does not pay: on 10,000 Qwen2.5
-conversations (6.6M tokens, 3.5 s of ceiling) it alone costs a seventh of the ratio,
+conversations (6.6M tokens, 3.1-3.5 s of ceiling) it alone costs a sixth of the ratio,
 which is why 40,000 are measured too. `ratio_to_ceiling_after_startup` leaves it out.
 """
 

@@ -25,10 +25,11 @@ class TokenizerError(LltError, ValueError):
 class RawTokenizer:
     """The part of a HF fast tokenizer the encoder uses, built on `tokenizers` alone.
 
-    Loads in 0.5 s instead of 2 s (no transformers import), which is most of the
-    encoder's start-up. The ids come from the same `tokenizer.json` pipeline, and
+    Loads without importing transformers (0.55 s, and 0.25 s more to build its tokenizer
+    class for Qwen2.5). The ids come from the same `tokenizer.json` pipeline, and
     `tests/test_tokenizer.py` checks that every fact recorded about it (vocabulary size,
-    EOS, BOS prefix, fingerprint) equals the transformers tokenizer's.
+    EOS, BOS prefix, fingerprint, chat template, named special tokens, hard special
+    tokens) equals the transformers tokenizer's.
     """
 
     def __init__(self, path: Path):
