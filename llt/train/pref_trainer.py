@@ -39,7 +39,7 @@ class PreferenceTrainer(LltTrainer):
         self.pref, self.ref_model, self.ref_logps = pref, ref_model, ref_logps
         self.model_path = model_path
         self.loss_is_scaled_for_ga = False  # a mean over pairs: HF divides by the accumulation steps
-        self._pref_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}  # eval: unused
+        self._train_metrics = defaultdict(list)  # averaged into each training log, then cleared
 
     # ---- the pair log-probs ----
     def pair_logps(self, model, inputs: dict, docs: torch.Tensor, nll: bool = False):
@@ -117,13 +117,14 @@ class PreferenceTrainer(LltTrainer):
         loss = terms.losses.sum() / max(n, 1)  # a batch of fillers only: 0, with the graph
         if terms.nll is not None:
             loss = loss + terms.nll
-        self._record(split, terms, lc, lr)
+        if split == "train":  # evaluation computes its own over the whole set (pref_eval)
+            self._record(terms, lc, lr)
         return (loss, {"loss": loss}) if return_outputs else loss
 
-    def _record(self, split: str, terms, lc, lr) -> None:
+    def _record(self, terms, lc, lr) -> None:
         if not len(terms.losses):
             return
-        m = self._pref_metrics[split]
+        m = self._train_metrics
         c, r = terms.chosen_rewards, terms.rejected_rewards
         m["rewards/chosen"].append(c.mean().item())
         m["rewards/rejected"].append(r.mean().item())
@@ -137,7 +138,7 @@ class PreferenceTrainer(LltTrainer):
     def log(self, logs: dict, start_time=None) -> None:
         """HF's log; a training log gets the preference metrics averaged since the last one
         (as TRL's trainers log them). Evaluation computes its own over the whole set."""
-        m = self._pref_metrics["train"]
+        m = self._train_metrics
         if "loss" in logs and m:
             logs = {**logs, **{k: sum(v) / len(v) for k, v in m.items()}}
             m.clear()
