@@ -18,8 +18,9 @@ tokenizer (151,665 tokens). Two templates:
 For each, in the same run: the ceiling (`tokenizers`' `encode_batch_fast`, batches of 1,000,
 its own thread pool on all cores, texts in memory), and `llt encode --encode_type chat`
 as a user runs it (a subprocess: start-up, reading JSON, rendering, tokenizing, writing).
-`pieces_ratio_to_ceiling` is the tokenizer alone on the pieces llt tokenizes (prompt and
-turn apart, as at inference): the most llt could reach before any other work.
+`pieces_ratio_to_ceiling` is the tokenizer alone on the texts llt tokenizes (prompt and turn
+apart, as at inference, except where joined exactly: `llt.encode.joins`): the most llt
+could reach before any other work.
 Ceiling and llt alternate (3 times up to 16M tokens written, else once), medians compared;
 peak memory from one more run of its own. `startup_s` is the same command on 20
 conversations (interpreter, imports, loading the 151k-token tokenizer and fingerprinting
@@ -63,9 +64,10 @@ def conversations(n: int, reasoning: bool, seed: int = 0) -> list[dict]:
 
 def written_texts(tok, convs: list[dict], template: str | None) -> tuple[list[str], list[str]]:
     """The text llt writes for each sample (prompt + turns), through llt's own chat encoder,
-    and the pieces it tokenizes them as (prompts and turns apart, a turn joined to the
-    prompt after it where a hard special token ends the turn)."""
-    from llt.encode.chat import ChatEncoder, ChatOptions, hard_ends, join_at_hard_ends
+    and the texts it tokenizes them as (prompt and turn apart, as at inference, except where
+    joining them provably gives the same ids: `llt.encode.joins`)."""
+    from llt.encode.chat import ChatEncoder, ChatOptions
+    from llt.encode.joins import Joiner
     from llt.encode.chat_template import ChatTemplate, load_template_source
     from llt.encode.messages import RecordError, read_conversation
 
@@ -73,7 +75,7 @@ def written_texts(tok, convs: list[dict], template: str | None) -> tuple[list[st
     layout = []
     for k, rec in enumerate(convs):
         layout += [(k, s) for s in enc.samples(read_conversation(rec, "messages", "tools", RecordError), RecordError)]
-    return ["".join(s.texts) for _, s in layout], join_at_hard_ends(layout, hard_ends(tok))[0]
+    return ["".join(s.texts) for _, s in layout], Joiner(tok).texts(layout)[0]
 
 
 def ceiling(texts: list[str], batch: int = 1000) -> tuple[int, float]:

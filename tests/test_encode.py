@@ -67,6 +67,14 @@ def test_several_workers_keep_every_token_in_order(tmp_path, tiny_tok, tiny_tok_
     assert flat == [t for w in expected_pretrain(tiny_tok, DOCS, 10**9) for t in w[0]]
     assert all(len(g[0]) <= 50 for g in got)
     assert len(manifest["shards"]) == workers  # each worker writes its own shard(s)
+    # the fingerprint the parent computes once the workers run reaches every header
+    from llt.shards.fingerprint import vocab_fingerprint
+    from llt.shards.reader import ShardReader
+
+    want = vocab_fingerprint(tiny_tok)
+    assert manifest["tokenizer"]["fingerprint"] == want
+    assert {ShardReader(corpus / f"{s['name']}.idx").header["tokenizer_fingerprint"]
+            for s in manifest["shards"]} == {want}
 
 
 def test_qa_plain_exact_ids_and_mask(tmp_path, tiny_tok, tiny_tok_dir):
@@ -294,23 +302,3 @@ def test_truncate_says_why_a_chat_with_nothing_trained_before_the_cut_was_droppe
     assert "1 of the dropped overlong samples had no trained token in their first 48 tokens" in text
     assert "raise --max_length" in text
 
-
-def test_turns_joined_at_hard_special_tokens_split_back_exactly(tiny_tok):
-    """A trained turn ending with a hard special token is tokenized with the prompt after
-    it; the token counts split back per segment equal tokenizing each segment alone."""
-    from llt.encode.chat import ChatSample, hard_ends, join_at_hard_ends, split_lengths
-
-    ends = hard_ends(tiny_tok)
-    assert {"<|im_end|>", "<|im_start|>"} <= set(ends)
-    layout = [(0, ChatSample(["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "Hello<|im_end|>",
-                              "\n<|im_start|>user\nagain<|im_end|>\n<|im_start|>assistant\n", "there<|im_end|>"],
-                             [False, True, False, True])),
-              (1, ChatSample(["<|im_start|>assistant\n", "a<|im_end|> b<|im_start|>", "tail", "x"],
-                             [False, True, False, True]))]
-    texts, owners, splits = join_at_hard_ends(layout, ends)
-    assert owners == [0, 0, 0, 1, 1, 1] and [s is not None for s in splits] == [False, True, False, False, True, False]
-    encs = tiny_tok.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
-    ids = np.array([i for e in encs for i in e.ids])
-    got = split_lengths(ids, np.array([len(e.ids) for e in encs]), splits)
-    want = [len(tiny_tok(t, add_special_tokens=False)["input_ids"]) for _, s in layout for t in s.texts]
-    assert got.tolist() == want

@@ -8,7 +8,7 @@ import pytest
 from conftest import shared_asset
 
 from llt.flags import parse_dataclass
-from llt.encode.chat import hard_ends
+from llt.encode.joins import hard_ends
 from llt.encode.config import EncodeArgs
 from llt.encode.tokenizer_info import TokenizerInfo
 from llt.tokenizer_loader import RawTokenizer, load_tokenizer

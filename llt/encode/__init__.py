@@ -10,9 +10,10 @@ records checked and brought to one shape: tool calls, reasoning, text parts), `j
 (the jinja environment transformers renders chat templates in, without importing
 transformers), `chat_template` (a template compiled, fitted and rendered; the rule for the
 text a turn generates), `chat` (a conversation -> samples whose trained tokens are what the
-model generates, one per turn where history is rewritten), `check` (`llt inspect --check`:
-sampled records re-encoded against `apply_chat_template`), `packing` (`--merge_data`),
-`sink` (a worker's rolling shard output), `worker` (one encoder process), `job` (start
-workers, collect, finish) and `summary` (the manifest written last, and the printed
-summary).
+model generates, one per turn where history is rewritten), `joins` (which prompts and turns
+go to the tokenizer as one text, exactly, and how their tokens split back), `check` (`llt
+inspect --check`: sampled records re-encoded against `apply_chat_template`), `packing`
+(`--merge_data`), `sink` (a worker's rolling shard output), `worker` (one encoder process),
+`job` (start workers, collect, finish) and `summary` (the manifest written last, and the
+printed summary).
 """

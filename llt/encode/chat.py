@@ -152,7 +152,7 @@ class ChatEncoder:
         `{"role", "content": str}`, some assistant content is non-empty and the record
         has no tools, by its shape's plan (the commonest SFT record, without building
         `Message`s); None otherwise: the caller takes `samples`, which checks and names."""
-        values, shape, dicts, answered = [], [0], [], False
+        values, shape, answered = [], [0], False
         for m in msgs:
             if type(m) is not dict or len(m) != 2:
                 return None
@@ -162,8 +162,9 @@ class ChatEncoder:
             answered = answered or (role == "assistant" and bool(content))
             values += (content, "")
             shape.append((role, bool(content), False))
-            dicts.append({"role": role, "content": content})
-        return self._by_plan(tuple(shape), values, dicts) if answered else None
+        # the record's own dicts are what to_dicts would build ({role, content}); a template
+        # that reads their key order differently renders unlike the plan and falls back
+        return self._by_plan(tuple(shape), values, msgs) if answered else None
 
     def _by_plan(self, shape: tuple, values: list[str], dicts: list[dict]) -> list[ChatSample] | None:
         """The shape's plan filled with `values`, if its render equals the record's own."""
@@ -232,74 +233,3 @@ class ChatEncoder:
                 out.append(ChatSample([prompt, turn], [False, True], first_turn=not out))
             so_far = prompt + turn
         return out
-
-
-def hard_ends(tok) -> dict[str, int]:
-    """Special tokens the tokenizer always splits out whole, stripping nothing around them.
-
-    A text that ends with one tokenizes to the same ids alone as when the next text follows
-    it, so a turn and the prompt after it can go to the tokenizer as one text (one item
-    instead of two: tokenizers' per-item cost was 15% of chat tokenizing time).
-    """
-    out = {}
-    for tid, t in getattr(tok, "added_tokens_decoder", {}).items():
-        if t.special and not (t.lstrip or t.rstrip or t.single_word or t.normalized):
-            out[t.content] = tid
-    return out
-
-
-def join_at_hard_ends(layout: list, ends: dict[str, int]) -> tuple[list[str], list[int], list]:
-    """The texts to tokenize for `layout` [(record, ChatSample)]: a trained turn that ends
-    with a hard special token is joined to the prompt segment after it.
-
-    Returns (texts, owner record of each, split of each: None, or (token id, count): the
-    joined text's first part ends at the count-th occurrence of that id).
-    """
-    suffixes = tuple(ends)
-    texts, owners, splits = [], [], []
-    for k, s in layout:
-        segs, trained = s.texts, s.trained
-        n, j = len(segs), 0
-        while j < n:
-            t = segs[j]
-            if suffixes and trained[j] and j + 1 < n and t.endswith(suffixes):
-                end = suffixes[0] if len(suffixes) == 1 else next(e for e in suffixes if t.endswith(e))
-                texts.append(t + segs[j + 1])
-                splits.append((ends[end], t.count(end)))
-                j += 2
-            else:
-                texts.append(t)
-                splits.append(None)
-                j += 1
-            owners.append(k)
-    return texts, owners, splits
-
-
-def split_lengths(ids, lens, splits: list):
-    """Token counts per segment, from the counts per joined text (`join_at_hard_ends`).
-
-    Vectorized: the k-th occurrence of the id inside a joined text is found among all its
-    occurrences in the batch (one pass over the ids per distinct id, not one per text).
-    """
-    import numpy as np
-
-    joined = np.array([k for k, sp in enumerate(splits) if sp is not None], np.int64)
-    if not len(joined):
-        return np.asarray(lens, np.int64)
-    starts = np.zeros(len(lens), np.int64)
-    np.cumsum(lens[:-1], out=starts[1:])
-    tids = np.array([splits[k][0] for k in joined], np.int64)
-    counts = np.array([splits[k][1] for k in joined], np.int64)
-    cuts = np.zeros(len(joined), np.int64)
-    for tid in np.unique(tids):
-        sel = tids == tid
-        where = np.flatnonzero(ids == tid)
-        at = np.searchsorted(where, starts[joined[sel]]) + counts[sel] - 1
-        cuts[sel] = where[np.minimum(at, len(where) - 1)] + 1 - starts[joined[sel]]
-    if ((cuts < 1) | (cuts > lens[joined])).any():  # the token was not split out whole
-        raise AssertionError("a hard special token did not tokenize as itself")
-    out = np.repeat(np.asarray(lens, np.int64), np.where([sp is not None for sp in splits], 2, 1))
-    first = joined + np.arange(len(joined))  # where each joined text's first part lands
-    out[first] = cuts
-    out[first + 1] = lens[joined] - cuts
-    return out

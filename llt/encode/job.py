@@ -37,6 +37,7 @@ from llt.encode.sources import find_inputs, plan_parts, stream_records
 from llt.encode.summary import write_manifest
 from llt.encode.tokenizer_info import TokenizerInfo
 from llt.errors import LltError
+from llt.shards.fingerprint import vocab_fingerprint
 from llt.shards.format import choose_dtype
 from llt.shards.manifest import PARTIAL_DIR
 from llt.shards.writer import WrittenShard
@@ -62,6 +63,7 @@ class _Run:
     inputs: list
     started: float
     chat: dict | None = None  # the chat template section of summary.json
+    shared: tuple = ()  # the fingerprint's shared memory and event: alive while spawned workers start
 
 
 def run_encode(args: EncodeArgs, progress_bar: bool = True) -> dict:
@@ -79,22 +81,13 @@ def start_workers(args: EncodeArgs) -> _Run:
     """Check the tokenizer, inputs and output folder, then fork the workers."""
     t0 = time.time()
     tok = load_tokenizer(args.tokenizer_path)
-    info = TokenizerInfo.of(tok, args.tokenizer_path)
+    info = TokenizerInfo.of(tok, args.tokenizer_path, fingerprint=False)  # computed below, once forked
     info.require(args.encode_type, args.uses_chat_template)
     try:
         dtype = choose_dtype(args.save_dtype, info.vocab_size)
     except ValueError as e:
         raise LltError(f"{e} (--tokenizer_path {args.tokenizer_path})") from None
-    chat = None
-    # preference records may be strings or messages: the template is used when there is one
-    if args.uses_chat_template or (args.encode_type == "preference" and (info.has_chat_template or args.chat_template)):
-        # built here once: a bad template fails before any work
-        date = args.chat_date or datetime.date.today().isoformat()
-        template = worker.chat_encoder(tok, args, date).template
-        chat = {"template": template.source, "template_file": args.chat_template,
-                "template_sha256": hashlib.sha256(template.source.encode()).hexdigest(),
-                "kwargs": json.loads(args.chat_template_kwargs or "{}"), "date": date,
-                "style": asdict(template.style), "train_turns": args.train_turns}
+    chat, encoder = _chat_section(tok, args, info)
     inputs = find_inputs(args.input_path)
     corpus_dir = Path(args.output_path) / args.corpus_name
     old = _prepare_output(corpus_dir, args.corpus_name, args.overwrite)
@@ -117,24 +110,57 @@ def start_workers(args: EncodeArgs) -> _Run:
     results = ctx.Queue()
     progress = ctx.Array("q", n_procs, lock=False)
     inboxes = [ctx.Queue(_QUEUE_BATCHES) if streamed else None for _ in range(n_procs)]
+    fingerprint = (ctx.Array("c", 64, lock=False), ctx.Event())
     procs = []
     for k in range(n_procs):
         job = worker.WorkerJob(args, info, dtype, tmp_dir, os.getpid(), groups[k] if k < len(groups) else [],
                                tokenizer_threads=max(2, -(-_available_cores() // n_procs)),
                                chat_date=chat and chat["date"])
-        procs.append(ctx.Process(target=worker.encode_worker, args=(k, job, inboxes[k], results, progress),
-                                 daemon=True, name=f"llt-encode-{k}"))
-    worker.INHERITED_TOKENIZER = tok
+        procs.append(ctx.Process(target=worker.encode_worker, daemon=True, name=f"llt-encode-{k}",
+                                 args=(k, job, inboxes[k], results, progress, fingerprint)))
+    _fork(procs, tok, encoder, info, fingerprint)
+    return _Run(args, info, dtype, corpus_dir, old, procs, inboxes, results, progress, streamed, inputs, t0, chat,
+                fingerprint)
+
+
+def _fork(procs: list, tok, encoder, info: TokenizerInfo, fingerprint: tuple) -> None:
+    """Start the workers (they inherit the tokenizer and chat encoder), then compute the
+    tokenizer fingerprint, the one thing of the parent's they wait for (in their shard
+    headers, at close): while they read and tokenize, not before they start."""
+    worker.INHERITED_TOKENIZER, worker.INHERITED_CHAT = tok, encoder
     # Objects alive now are shared copy-on-write with the workers; freezing them keeps
     # the workers' garbage collector from touching (and so copying) their pages.
     gc.freeze()
     try:
         for p in procs:  # fork before tqdm starts its monitor thread
             p.start()
+        info.fingerprint = vocab_fingerprint(tok)
+        fingerprint[0].value = info.fingerprint.encode()
+        fingerprint[1].set()
+    except BaseException:
+        for p in procs:
+            p.kill()
+        raise
     finally:
         gc.unfreeze()
-        worker.INHERITED_TOKENIZER = None
-    return _Run(args, info, dtype, corpus_dir, old, procs, inboxes, results, progress, streamed, inputs, t0, chat)
+        worker.INHERITED_TOKENIZER = worker.INHERITED_CHAT = None
+
+
+def _chat_section(tok, args: EncodeArgs, info: TokenizerInfo):
+    """The chat template's section of summary.json and the encoder the workers inherit;
+    (None, None) when the encode renders no template. Built here once: a bad template
+    fails before any work."""
+    # preference records may be strings or messages: the template is used when there is one
+    if not (args.uses_chat_template or (args.encode_type == "preference"
+                                        and (info.has_chat_template or args.chat_template))):
+        return None, None
+    date = args.chat_date or datetime.date.today().isoformat()
+    encoder = worker.chat_encoder(tok, args, date)
+    template = encoder.template
+    return {"template": template.source, "template_file": args.chat_template,
+            "template_sha256": hashlib.sha256(template.source.encode()).hexdigest(),
+            "kwargs": json.loads(args.chat_template_kwargs or "{}"), "date": date,
+            "style": asdict(template.style), "train_turns": args.train_turns}, encoder
 
 
 def hub_parts(args: EncodeArgs, inputs: list[tuple[str, str]], workers: int) -> tuple[list, list]:

@@ -47,14 +47,16 @@ class TokenizerInfo:
     has_chat_template: bool
 
     @classmethod
-    def of(cls, tok, path: str) -> "TokenizerInfo":
+    def of(cls, tok, path: str, fingerprint: bool = True) -> "TokenizerInfo":
+        """The facts about `tok`; `fingerprint=False` leaves the fingerprint "" for the
+        caller to fill (the encoder computes it while its workers start)."""
         return cls(
             path=str(Path(path).resolve()) if Path(path).exists() else str(path),
             vocab_size=len(tok),
             eos_id=tok.eos_token_id,
             eos_token=tok.eos_token,
             prefix_ids=special_prefix(tok),
-            fingerprint=vocab_fingerprint(tok),
+            fingerprint=vocab_fingerprint(tok) if fingerprint else "",
             has_chat_template=bool(getattr(tok, "chat_template", None)),
         )
 

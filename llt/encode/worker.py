@@ -23,8 +23,10 @@ from llt.errors import LltError
 from llt.tokenizer_loader import load_tokenizer
 
 # Set by the parent just before it forks the workers, so they inherit the loaded
-# tokenizer for free (copy-on-write) instead of each loading it again.
+# tokenizer and the compiled, fitted chat template for free (copy-on-write) instead of
+# each building them again.
 INHERITED_TOKENIZER = None
+INHERITED_CHAT = None
 
 
 @dataclass
@@ -64,8 +66,23 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def encode_worker(k: int, job: WorkerJob, inbox, results, progress) -> None:
-    """Encode this worker's parts and streamed batches; report stats or an error."""
+def _shared_fingerprint(shared, parent_pid: int):
+    value, ready = shared
+
+    def get() -> str:
+        while not ready.wait(1.0):
+            if os.getppid() != parent_pid:
+                os._exit(1)  # the parent died before it could say
+        return value.value.decode()
+
+    return get
+
+
+def encode_worker(k: int, job: WorkerJob, inbox, results, progress, fingerprint=None) -> None:
+    """Encode this worker's parts and streamed batches; report stats or an error.
+
+    `fingerprint`: (shared bytes, event) the parent fills with the tokenizer fingerprint
+    once the workers run; None when `job.info` has it."""
     try:
         _die_with_parent(job.parent_pid)
         args = job.args
@@ -82,8 +99,9 @@ def encode_worker(k: int, job: WorkerJob, inbox, results, progress) -> None:
                                 Fields(args.text_field, args.q_field, args.a_field, args.messages_field,
                                        args.tools_field, args.prompt_field, args.chosen_field,
                                        args.rejected_field),
-                                chat_encoder(tok, args, job.chat_date) if job.chat_date else None)
-        sink = ShardSink(job.tmp_dir, k, job.dtype, job.info, args, builder.has_loss_mask)
+                                (INHERITED_CHAT or chat_encoder(tok, args, job.chat_date)) if job.chat_date else None)
+        sink = ShardSink(job.tmp_dir, k, job.dtype, job.info, args, builder.has_loss_mask,
+                         _shared_fingerprint(fingerprint, job.parent_pid) if fingerprint else None)
         columns = args.columns
 
         def feed(records, where):
