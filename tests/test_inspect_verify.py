@@ -107,3 +107,23 @@ def test_single_shard_paths(tmp_path, tiny_tok_dir, capsys):
     assert "pass --tokenizer_path" in capsys.readouterr().err
     assert main(["inspect", str(lone / "c_1.idx"), "--tokenizer_path", str(tiny_tok_dir)]) == 0
     assert "[[" in capsys.readouterr().out
+
+
+def test_a_corpus_name_with_dots_reads_back_everywhere(tmp_path, tiny_tok_dir, capsys):
+    """`qwen2.5-chat` has shards `qwen2.5-chat_0.idx`: reader, dataset, verify and inspect
+    find them (a suffix swap would look for `qwen2.idx`)."""
+    from llt.data.dataset import ShardDataset
+    from llt.shards.reader import ShardReader
+
+    src = write_jsonl(tmp_path / "qa.jsonl", QA)
+    manifest, corpus = encode(tmp_path, tiny_tok_dir, [src], encode_type="qa", max_length=64,
+                              corpus_name="qwen2.5-chat", tokens_per_file=500)
+    names = [s["name"] for s in manifest["shards"]]
+    assert len(names) > 1 and names[0] == "qwen2.5-chat_0"
+    for name in names:  # by either file, or the stem
+        for path in (corpus / f"{name}.idx", corpus / f"{name}.bin", corpus / name):
+            assert len(ShardReader(path)) == next(s["n_samples"] for s in manifest["shards"] if s["name"] == name)
+    assert len(ShardDataset(str(corpus))) == manifest["stats"]["samples"]
+    assert main(["verify", str(corpus)]) == 0 and "OK" in capsys.readouterr().out
+    assert main(["verify", str(corpus / f"{names[1]}.idx")]) == 0
+    assert main(["inspect", str(corpus), "-n", "1"]) == 0 and "sample lengths:" in capsys.readouterr().out

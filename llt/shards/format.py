@@ -88,6 +88,22 @@ def choose_dtype(requested: str, vocab_size: int) -> str:
     return name
 
 
+def shard_file(stem: Path, ext: str) -> Path:
+    """`stem` + ".idx"/".bin". Not `with_suffix`: a corpus named `qwen2.5-chat` has shards
+    `qwen2.5-chat_0`, whose "suffix" `.5-chat_0` it would replace.
+
+    Examples:
+        >>> shard_file(Path("out/qwen2.5-chat/qwen2.5-chat_0"), "idx").name
+        'qwen2.5-chat_0.idx'
+    """
+    return stem.with_name(f"{stem.name}.{ext}")
+
+
+def shard_stem(path: Path) -> Path:
+    """A shard's path without its `.idx`/`.bin` (a path without one is returned as is)."""
+    return path.with_name(path.name[:-4]) if path.name.endswith((".idx", ".bin")) else path
+
+
 def file_xxh3(path: Path) -> str:
     """xxh3-128 hex digest of a whole file, read in chunks so memory stays flat."""
     h = xxhash.xxh3_128()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from llt.errors import LltError
+from llt.shards.format import shard_file
 from llt.shards.reader import ShardReader
 from llt.shards.verify import Target, targets, verify_target
 
@@ -70,7 +71,7 @@ def inspect_main(argv: list[str]) -> int:
             print(f"== {target.label}: damaged, not shown (`llt verify` checks the rest):")
             print("\n".join(f"  - {p}" for p in problems))
             continue
-        readers = [ShardReader(stem.with_suffix(".idx")) for stem in target.stems]
+        readers = [ShardReader(shard_file(stem, "idx")) for stem in target.stems]
         lengths = np.concatenate([r.lengths for r in readers]) if readers else np.zeros(0, np.int64)
         print_counts(target, readers, lengths)
         if len(lengths) and args.num_samples > 0:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llt.shards.format import TOKEN_DTYPES, ShardFormatError, read_header
+from llt.shards.format import ShardFormatError, TOKEN_DTYPES, read_header, shard_file, shard_stem
 
 
 class ShardReader:
@@ -27,8 +27,8 @@ class ShardReader:
 
     def __init__(self, path: str | os.PathLike):
         path = Path(path)
-        stem = path.with_suffix("") if path.suffix in (".idx", ".bin") else path
-        self.idx_path, self.bin_path = stem.with_suffix(".idx"), stem.with_suffix(".bin")
+        stem = shard_stem(path)
+        self.idx_path, self.bin_path = shard_file(stem, "idx"), shard_file(stem, "bin")
         self.header = read_header(self.idx_path)
         h = self.header
         self.dtype = TOKEN_DTYPES[h["dtype"]]

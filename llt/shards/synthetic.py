@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llt.shards.format import file_xxh3
+from llt.shards.format import file_xxh3, shard_file
 from llt.shards.manifest import MANIFEST, MANIFEST_VERSION
 from llt.shards.writer import SampleBatch, ShardWriter
 
@@ -42,12 +42,12 @@ def write_synthetic_corpus(folder: Path, n: int, length: int, vocab_size: int, f
                                    lengths=np.full(k, length, np.int64), doc_counts=np.ones(k, np.int64),
                                    doc_starts=np.zeros(k, np.int64)))
         done = writer.close()
-        os.replace(done.tmp_bin, stem.with_suffix(".bin"))
-        os.replace(done.tmp_idx, stem.with_suffix(".idx"))
+        os.replace(done.tmp_bin, shard_file(stem, "bin"))
+        os.replace(done.tmp_idx, shard_file(stem, "idx"))
         shards.append({"name": stem.name, "n_samples": done.n_samples, "n_tokens": done.n_tokens,
-                       "bin_bytes": stem.with_suffix(".bin").stat().st_size,
-                       "idx_bytes": stem.with_suffix(".idx").stat().st_size,
-                       "bin_xxh3_128": done.bin_xxh3, "idx_xxh3_128": file_xxh3(stem.with_suffix(".idx"))})
+                       "bin_bytes": shard_file(stem, "bin").stat().st_size,
+                       "idx_bytes": shard_file(stem, "idx").stat().st_size,
+                       "bin_xxh3_128": done.bin_xxh3, "idx_xxh3_128": file_xxh3(shard_file(stem, "idx"))})
     manifest = {"llt_corpus_version": MANIFEST_VERSION, "corpus_name": folder.name, "encode_type": "pretrain",
                 "max_length": length, "packed": False, "synthetic": True, "dtype": dtype,
                 "tokenizer": {"vocab_size": vocab_size, "fingerprint": fingerprint}, "shards": shards}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from llt.errors import LltError
-from llt.shards.format import ShardFormatError, file_xxh3
+from llt.shards.format import ShardFormatError, file_xxh3, shard_file, shard_stem
 from llt.shards.manifest import MANIFEST, find_corpora, find_shards, read_manifest
 from llt.shards.reader import ShardReader
 
@@ -37,7 +37,7 @@ def targets(path: Path) -> list[Target]:
     if path.suffix in (".bin", ".idx") and path.is_file():
         corpus = path.parent
         manifest = read_manifest(corpus) if (corpus / MANIFEST).is_file() else None
-        return [Target(path.with_suffix(""), manifest, [path.with_suffix("")])]
+        return [Target(shard_stem(path), manifest, [shard_stem(path)])]
     corpora = find_corpora(path)
     if not corpora:
         raise LltError(f"{path}: no llt corpus (no summary.json at or under it) and not a "
@@ -144,7 +144,7 @@ def verify_target(target: Target) -> list[str]:
         if manifest and entry is None:
             problems.append(f"{stem.name}: not listed in summary.json")
         for ext in ("bin", "idx"):
-            path = stem.with_suffix(f".{ext}")
+            path = shard_file(stem, ext)
             if not path.exists():
                 problems.append(f"{path.name}: missing")
             elif entry is not None:
@@ -154,7 +154,7 @@ def verify_target(target: Target) -> list[str]:
                 elif file_xxh3(path) != entry[f"{ext}_xxh3_128"]:
                     problems.append(f"{path.name}: checksum mismatch (the file changed after encoding)")
         try:
-            r = ShardReader(stem.with_suffix(".idx"))
+            r = ShardReader(shard_file(stem, "idx"))
         except ShardFormatError as e:
             problems.append(str(e))
             continue
