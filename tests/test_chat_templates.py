@@ -313,6 +313,7 @@ def test_inspect_check_reports_no_difference_and_finds_the_samples(tmp_path, fam
     assert llt(["inspect", str(corpus), "--check"]) == 0
     out = capsys.readouterr().out
     assert "0 difference(s)" in out and "the corpus was written with other settings" not in out
+    assert f"of {len(fam.records)} records against" in out  # the records read, not the -n asked for
     if name != "gpt-oss":
         return
     # a corpus encoded with other settings (last turn only) is found out

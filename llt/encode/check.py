@@ -114,8 +114,9 @@ def check_corpus(corpus: Path, manifest: dict, n: int, inputs: list[str] | None)
                             names=Fields(messages=args["messages_field"], tools=args["tools_field"]),
                             chat=ChatEncoder(tpl, ChatOptions(chat["train_turns"], args["unrendered"])))
     on_disk = _corpus_hashes(corpus, manifest)
-    differences = turns = found = samples = 0
+    differences = turns = found = samples = records = 0
     for rec, where in _records(manifest, inputs, n):
+        records += 1
         batch = builder.encode([rec], lambda k: where)
         conv = read_conversation(rec, args["messages_field"], args["tools_field"], RecordError)
         want = _reference(tpl, tok, conv.messages, conv.tools, chat["train_turns"])
@@ -139,7 +140,7 @@ def check_corpus(corpus: Path, manifest: dict, n: int, inputs: list[str] | None)
         if len(got) != len(want):
             differences += 1
             print(f"{where}: {len(got)} trained turns, generation has {len(want)}")
-    print(f"checked {turns:,} turns of {n if turns else 0:,} records against the chat template at "
+    print(f"checked {turns:,} turns of {records:,} records against the chat template at "
           f"generation time: {differences:,} difference(s); {found:,} of their {samples:,} samples "
           f"are in {corpus}{'' if found == samples else ' (the corpus was written with other settings or code)'}")
     return differences
