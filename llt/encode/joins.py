@@ -137,35 +137,29 @@ class Joiner:
 
     def _last_hard(self, prev: str) -> tuple[str, int] | None:
         """The last hard special token in `prev`'s last characters, and the tokens of the
-        tail after it alone; None when there is none, or the tail is too long to cache."""
+        tail after it alone; None when there is none, or the tail is not one to join after."""
         start = max(0, len(prev) - self._window)
-        for i, lead in enumerate(self._leads):  # the one found last time, first: one rfind
+        for lead in self._leads:  # the one found last time first: one rfind
             at = prev.rfind(lead, start)
-            if at >= 0:
-                tail = prev[at + len(lead):]
-                if tail not in self._tails:
-                    self._tails[tail] = self._tail_tokens(tail)
-                n = self._tails[tail]
-                if n is not None:
-                    if i:
-                        self._leads.insert(0, self._leads.pop(i))
-                    return lead, n
-                if len(tail) > _TAIL_MAX:
-                    return None
-                # another hard token sits in the tail: find the last one the long way
-                ends = [(at + len(e), e) for e in self._ends if (at := prev.rfind(e, start)) >= 0]
-                end, lead = max(ends)
-                tail = prev[end:]
-                n = self._tails.setdefault(tail, self._tail_tokens(tail))
-                return None if n is None else (lead, n)
+            if at < 0:
+                continue
+            n = self._tail_tokens(prev[at + len(lead):])
+            if n is None:  # another hard token after it (or a long tail): take the last one
+                end, lead = max((a + len(e), e) for e in self._ends if (a := prev.rfind(e, start)) >= 0)
+                n = self._tail_tokens(prev[end:])
+            if n is not None and lead != self._leads[0]:
+                self._leads.remove(lead)
+                self._leads.insert(0, lead)
+            return None if n is None else (lead, n)
         return None
 
     def _tail_tokens(self, tail: str) -> int | None:
-        """Tokens of the text after the prompt's last hard special token, alone (None: not
-        a tail to join after: too long, or another hard special token inside it)."""
-        if len(tail) > _TAIL_MAX or any(e in tail for e in self._ends):
-            return None
-        return len(self._backend.encode(tail, add_special_tokens=False))
+        """Tokens of the text after the prompt's last hard special token, alone, cached (None:
+        not a tail to join after: too long, or another hard special token inside it)."""
+        if tail not in self._tails:
+            ok = len(tail) <= _TAIL_MAX and not any(e in tail for e in self._ends)
+            self._tails[tail] = len(self._backend.encode(tail, add_special_tokens=False)) if ok else None
+        return self._tails[tail]
 
 
 def _count(token: str, segs: list[str], start: int, j: int, counts: dict) -> int:
