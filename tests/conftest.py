@@ -15,6 +15,21 @@ from llt.shards.manifest import read_manifest
 from llt.toy import build_tokenizer, toy_records
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+# The releases a run used, printed in pytest's header: CI installs the newest that
+# setup.cfg allows, and a failure after a release names what moved.
+STACK = ("torch", "transformers", "tokenizers", "accelerate", "peft", "deepspeed", "datasets", "numpy",
+         "bitsandbytes", "trl")
+
+
+def pytest_report_header(config):
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "absent"
+    return "llt stack: " + ", ".join(f"{name} {v(name)}" for name in STACK)
 
 
 def shared_asset(rel: str) -> Path:
