@@ -19,7 +19,7 @@ For each, in the same run: the ceiling (`tokenizers`' `encode_batch_fast`, batch
 its own thread pool on all cores, texts in memory), and `llt encode --encode_type chat`
 as a user runs it (a subprocess: start-up, reading JSON, rendering, tokenizing, writing).
 `pieces_ratio_to_ceiling` is the tokenizer alone on the texts llt tokenizes (prompt and turn
-apart, as at inference, except where joined exactly: `llt.encode.joins`): the most llt
+apart, as at inference, except where joined exactly: `llt.encode.chat.joins`): the most llt
 could reach before any other work.
 Ceiling and llt alternate (3 times up to 16M tokens written, else once), medians compared;
 peak memory from one more run of its own. `startup_s` is the same command on 20
@@ -65,11 +65,12 @@ def conversations(n: int, reasoning: bool, seed: int = 0) -> list[dict]:
 def written_texts(tok, convs: list[dict], template: str | None) -> tuple[list[str], list[str]]:
     """The text llt writes for each sample (prompt + turns), through llt's own chat encoder,
     and the texts it tokenizes them as (prompt and turn apart, as at inference, except where
-    joining them provably gives the same ids: `llt.encode.joins`)."""
-    from llt.encode.chat import ChatEncoder, ChatOptions
-    from llt.encode.joins import Joiner
-    from llt.encode.chat_template import ChatTemplate, load_template_source
-    from llt.encode.messages import RecordError, read_conversation
+    joining them provably gives the same ids: `llt.encode.chat.joins`)."""
+    from llt.encode.chat.encoder import ChatEncoder
+    from llt.encode.chat.rule import ChatOptions
+    from llt.encode.chat.joins import Joiner
+    from llt.encode.chat.template import ChatTemplate, load_template_source
+    from llt.encode.chat.messages import RecordError, read_conversation
 
     enc = ChatEncoder(ChatTemplate(tok, load_template_source(tok, template), None, "2026-01-01"), ChatOptions())
     layout = []

@@ -56,16 +56,14 @@ def pairs(n: int) -> list[dict]:
 
 
 def run_llt(args, steps: int) -> PairClock:
-    from llt.train.parse import parse_args
-    from llt.train.preference import PreferenceArguments
-    from llt.train.sft import build
+    from llt.train.preference import build_trainer
 
     argv = ["--model_path", args.model, "--data_path", args.corpus, "--output_path", args.out,
             "--use_lora", "true", "--lora_config_path", str(ROOT / "configs/lora.json"), "--pref_loss", "sigmoid",
             "--beta", "0.1", "--max_steps", str(steps), "--per_device_train_batch_size", str(args.bs),
             "--deepspeed_config_path", "none", "--use_cpu", "--save_final", "false", "--report_to", "none",
             "--disable_tqdm", "true", "--logging_steps", "1", "--learning_rate", "1e-5", "--shuffle_data", "false"]
-    trainer = build(*parse_args(argv, (PreferenceArguments,)))
+    trainer = build_trainer(argv)
     clock = PairClock()
     clock.attach(trainer)
     trainer.train()

@@ -89,7 +89,7 @@ def check_logits(paths: dict, tiny: bool) -> dict:
 
     from llt.data.collate import PaddingFreeCollator
     from llt.data.dataset import ShardDataset
-    from llt.train.model import pick_attn_implementation
+    from llt.model.loading import pick_attn_implementation
     from transformers import AutoModelForCausalLM
 
     cuda = torch.cuda.is_available() and not tiny
@@ -98,7 +98,7 @@ def check_logits(paths: dict, tiny: bool) -> dict:
     model = AutoModelForCausalLM.from_pretrained(paths["model"], dtype=dtype, attn_implementation=attn)
     model.config.use_cache = False
     model.to("cuda" if cuda else "cpu").train()
-    from llt.train.attention import is_varlen
+    from llt.model.attention import is_varlen
     flat = is_varlen(attn)
     ds = ShardDataset(paths["packed"])
     batch = PaddingFreeCollator(flat=flat, flash_kwargs=flat)([ds[i] for i in range(min(4, len(ds)))])
@@ -128,7 +128,7 @@ QUANT_MODES = {"lora": ["--use_lora", "--lora_config_path", "configs/qlora.json"
 def weight_bytes(model) -> dict:
     """MiB of the model's weights, and of its base linear layers alone (what a 4-bit base
     quantizes; embeddings and norms stay in the training dtype)."""
-    from llt.train.quant import weight_memory
+    from llt.model.quant import weight_memory
 
     w = weight_memory(model)
     return {"weight_mib": round(w["weight_bytes"] / 2**20, 3), "base_linear_mib": round(w["linear_bytes"] / 2**20, 3)}
@@ -139,7 +139,7 @@ def run_mode(mode: str, paths: dict, tiny: bool, steps: int, bs: int, ga: int, o
     from train import StepClock  # bench/train.py
 
     from llt.train.callbacks import peak_tflops
-    from llt.train.model import flops_per_token_info
+    from llt.model.loading import flops_per_token_info
 
     cuda = torch.cuda.is_available() and not tiny
     common = ["--max_steps", str(steps), "--per_device_train_batch_size", str(bs),
@@ -150,15 +150,15 @@ def run_mode(mode: str, paths: dict, tiny: bool, steps: int, bs: int, ga: int, o
         common.append("--use_cpu")
     from llt.train.parse import parse_args
     if mode in QUANT_MODES or mode == "llt":
-        from llt.train.sft import build
-        trainer = build(*parse_args(["--model_path", paths["model"], "--data_path", paths["packed"], *common,
-                                     *QUANT_MODES.get(mode, [])]))
+        from llt.train.sft import build_trainer
+        trainer = build_trainer(["--model_path", paths["model"], "--data_path", paths["packed"], *common,
+                                 *QUANT_MODES.get(mode, [])])
     else:
         from transformers import Trainer
 
         from llt.data.collate import PaddedCollator
         from llt.data.dataset import ShardDataset
-        from llt.train.model import load_model, load_training_tokenizer
+        from llt.model.loading import load_model, load_training_tokenizer, pick_attn_implementation
         model_args, data_args, _, args = parse_args(["--model_path", paths["model"], "--data_path",
                                                      paths["unpacked"], *common])
         tok, _ = load_training_tokenizer(model_args)
@@ -168,7 +168,8 @@ def run_mode(mode: str, paths: dict, tiny: bool, steps: int, bs: int, ga: int, o
             batch = collate(features)
             batch.pop("llt_counts")
             return batch
-        trainer = Trainer(model=load_model(model_args, args, tok, [], padded=True), args=args,
+        trainer = Trainer(model=load_model(model_args, args, tok, [],
+                                                   pick_attn_implementation("auto", args.use_cpu, padded=True)), args=args,
                           train_dataset=ShardDataset(data_args.data_path), data_collator=plain)
     info = flops_per_token_info(trainer.model)
     clock = StepClock()

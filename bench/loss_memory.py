@@ -6,7 +6,7 @@
 A Qwen2.5-0.5B-shaped model (hidden 896, the real 151,665-token vocabulary, tied
 embeddings, `--layers` decoder layers, random init, fp32, CPU) does one forward and
 backward over one packed row of `--tokens` tokens, half of them trained (a typical SFT
-mix), with transformers' stock loss and with llt's chunked loss (`llt/train/loss.py`), each
+mix), with transformers' stock loss and with llt's chunked loss (`llt/model/loss.py`), each
 in a fresh subprocess, and a third time with no lm_head or loss at all (the decoder's own
 activations). A step's peak is the process's peak RSS during it minus its RSS just before
 (model, batch and gradient buffers already resident); the loss path's peak is that minus
@@ -37,7 +37,7 @@ def child(mode: str, tokens: int, layers: int, vocab: int) -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from llt.train.loss import use_chunked_loss
+    from llt.model.loss import use_chunked_loss
 
     torch.manual_seed(0)
     cfg = Qwen2Config(vocab_size=vocab, hidden_size=896, intermediate_size=4864, num_hidden_layers=layers,

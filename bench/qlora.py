@@ -44,8 +44,7 @@ MODES = {"lora": ([], False), "qlora": (["--load_in_4bit", "--use_bnb_nested_qua
 def child(args) -> None:
     import torch
 
-    from llt.train.parse import parse_args
-    from llt.train.sft import build
+    from llt.train.sft import build_trainer
 
     torch.set_num_threads(args.threads)
     extra, dora = MODES[args.mode]
@@ -59,8 +58,8 @@ def child(args) -> None:
             "--disable_tqdm", "true", "--logging_steps", "1", "--learning_rate", "1e-4", "--use_lora",
             "--lora_config_path", str(cfg), "--gradient_checkpointing", str(args.gradient_checkpointing).lower(),
             *extra]
-    trainer = build(*parse_args(argv))
-    from llt.train.quant import weight_memory
+    trainer = build_trainer(argv)
+    from llt.model.quant import weight_memory
     weight = weight_memory(trainer.model)
     clock = StepClock()
     clock.attach(trainer)

@@ -122,8 +122,7 @@ class StepClock:
 
 
 def run_llt(mode: str, model: str, corpus: str, out: str, steps: int, bs: int, ga: int) -> dict:
-    from llt.train.parse import parse_args
-    from llt.train.sft import build
+    from llt.train.sft import build_trainer
 
     padding = {"llt_packed": "free", "llt_dynamic": "longest", "seed_pad_max": "max_length"}[mode]
     argv = ["--model_path", model, "--data_path", corpus, "--output_path", out, "--padding", padding,
@@ -131,7 +130,7 @@ def run_llt(mode: str, model: str, corpus: str, out: str, steps: int, bs: int, g
             "--gradient_accumulation_steps", str(ga), "--deepspeed_config_path", "none", "--use_cpu",
             "--save_final", "false", "--report_to", "none", "--disable_tqdm", "true",
             "--logging_steps", "1", "--learning_rate", "1e-5"]
-    trainer = build(*parse_args(argv))
+    trainer = build_trainer(argv)
     clock = StepClock()
     clock.epoch_fraction(trainer.train_dataset, trainer.data_collator, bs)
     clock.attach(trainer)

@@ -46,7 +46,7 @@ def _encode(argv: list[str]) -> int:
 
 # Each command's `main(argv)`, imported only when that command runs (start-up stays fast).
 MODULES = {"inspect": "llt.shards.inspect:inspect_main", "verify": "llt.shards.verify:verify_main",
-           "train": "llt.train.sft", "dpo": "llt.train.dpo", "launch": "llt.launch", "export": "llt.runs.export", "generate": "llt.runs.generate",
+           "train": "llt.train.sft", "dpo": "llt.train.preference", "launch": "llt.launch", "export": "llt.runs.export", "generate": "llt.runs.generate",
            "plot": "llt.runs.plot", "quickstart": "llt.quickstart"}
 
 
@@ -59,7 +59,7 @@ def _run_module(target: str, argv: list[str]) -> int:
 
 def _inspect(argv: list[str]) -> int:
     if "--check" in argv:  # re-encodes records: the encoder's stage, which inspect may not import
-        return _run_module("llt.encode.check:check_main", argv)
+        return _run_module("llt.encode.chat.check:check_main", argv)
     return _run_module(MODULES["inspect"], argv)
 
 

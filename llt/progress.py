@@ -58,6 +58,10 @@ class LineProgress:
     def close(self) -> None:
         self._line(", done")
 
+    def stop(self) -> None:
+        """The last line of a job that failed or was interrupted (not ", done")."""
+        self._line(", stopped")
+
 
 def progress(desc: str, unit: str, enabled: bool = True, **tqdm_kw):
     """A tqdm bar on a terminal, `LineProgress` elsewhere, nothing when not `enabled`."""

@@ -6,12 +6,12 @@
     # also: torchrun --nproc_per_node N recipes/dpo.py ..., deepspeed recipes/dpo.py ...,
     # or plain `python recipes/dpo.py ...` / `llt dpo ...` on one device.
 
-Every flag of recipes/sft.py applies; the steps are in llt/train/dpo.py.
+Every flag of recipes/sft.py applies; the method is llt/train/preference/.
 """
 
 import sys
 
-from llt.train.dpo import main
+from llt.train.preference import main
 
 if __name__ == "__main__":
     sys.exit(main())

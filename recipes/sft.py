@@ -5,7 +5,8 @@
     # also: torchrun --nproc_per_node N recipes/sft.py ..., deepspeed recipes/sft.py ...,
     # or plain `python recipes/sft.py ...` / `llt train ...` on one device.
 
-The steps (parse, tokenizer, data, model, LoRA, trainer, train) are in llt/train/sft.py.
+The steps every training method shares (parse, tokenizer, data, model, LoRA, trainer, train)
+are in llt/train/build.py; what is SFT's own is llt/train/sft/.
 """
 
 import sys

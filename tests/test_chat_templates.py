@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 
 import numpy as np
 import pytest
@@ -14,8 +13,8 @@ from chat_families import (WEATHER, Family, agent_conversation, build_family_tok
                            plain_conversation)
 from conftest import encode, read_corpus
 
-from llt.encode.chat_template import ChatTemplate
-from llt.encode.messages import RecordError, read_conversation
+from llt.encode.chat.template import ChatTemplate
+from llt.encode.chat.messages import RecordError, read_conversation
 from llt.errors import LltError
 from llt.toy import write_jsonl
 
@@ -240,7 +239,7 @@ def test_jinja_environment_matches_transformers():
     import jinja2
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
-    from llt.encode.jinja_env import compile_template, environment
+    from llt.encode.chat.environment import compile_template, environment
 
     theirs, ours = _compile_jinja_template("x").environment, environment()
     for attr in ("trim_blocks", "lstrip_blocks", "keep_trailing_newline"):
@@ -269,7 +268,8 @@ def test_deepseek_r1_second_tool_round_is_refused_with_the_reason(tmp_path, fami
 
 
 def test_shape_plans_give_the_turn_rules_samples_and_fall_back_when_a_template_edits_text(family_toks):
-    from llt.encode.chat import ChatEncoder, ChatOptions
+    from llt.encode.chat.encoder import ChatEncoder
+    from llt.encode.chat.rule import ChatOptions, turn_samples
 
     # Llama 3.1 trims every message: a text with edge spaces renders unlike the plan's
     # placeholder, so that record takes the rule itself (and still comes out right)
@@ -283,7 +283,7 @@ def test_shape_plans_give_the_turn_rules_samples_and_fall_back_when_a_template_e
         for rec in recs:
             conv = read_conversation(rec, "messages", "tools", RecordError)
             try:
-                want = exact._exact(conv, RecordError)
+                want = turn_samples(exact.template, conv, exact.options, RecordError)
             except RecordError as e:  # a template that drops reasoning: the plan path fails alike
                 with pytest.raises(RecordError, match=str(e)[:40]):
                     fast.samples(conv, RecordError)

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -21,12 +22,21 @@ def llt(*args, cwd=None):
                           text=True, cwd=cwd, timeout=600)
 
 
-def test_seed_flags_work_as_the_seed_readme_describes(tmp_path, tiny_tok_dir):
+def llt_here(capsys, *args) -> SimpleNamespace:
+    """The `llt` command in this process (what the console script calls): exit code and output."""
+    from llt.cli import main
+
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err)
+
+
+def test_seed_flags_work_as_the_seed_readme_describes(tmp_path, tiny_tok_dir, capsys):
     loader = tmp_path / "data_loader.py"
     loader.write_text("def data_loader():\n    for i in range(40):\n"
                       "        yield {'q': f'What is {i} plus 1?', 'a': f'It is {i + 1}.'}\n")
-    r = llt("encode", "--tokenizer_path", tiny_tok_dir, "--data_loader_path", loader,
-            "--corpus_name", "seed", "--encode_type", "qa", "--output_path", tmp_path / "out",
+    r = llt_here(capsys, "encode", "--tokenizer_path", tiny_tok_dir, "--data_loader_path", loader,
+                 "--corpus_name", "seed", "--encode_type", "qa", "--output_path", tmp_path / "out",
             "--max_length", 512, "--merge_data", "True", "--save_dtype", "int32",
             "--tokens_per_file", "5e8")
     assert r.returncode == 0, r.stderr
@@ -37,16 +47,19 @@ def test_seed_flags_work_as_the_seed_readme_describes(tmp_path, tiny_tok_dir):
     assert reader.dtype.itemsize == 4 and reader.header["packed"] is True
 
 
-def test_errors_are_one_clear_line_without_traceback(tmp_path, tiny_tok_dir):
-    r = llt("encode", "--tokenizer_path", tiny_tok_dir, "--data_loader_path", tmp_path / "none.py",
-            "--corpus_name", "c", "--output_path", tmp_path / "out")
+def test_errors_are_one_clear_line_without_traceback(tmp_path, tiny_tok_dir, capsys):
+    r = llt_here(capsys, "encode", "--tokenizer_path", tiny_tok_dir, "--data_loader_path", tmp_path / "none.py",
+                 "--corpus_name", "c", "--output_path", tmp_path / "out")
     assert r.returncode == 2
-    assert "llt encode: error: --data_loader_path" in r.stderr and "Traceback" not in r.stderr
-    r = llt("encode", "--tokenizer_path", tiny_tok_dir, "--corpus_name", "c",
-            "--output_path", tmp_path / "out", "--input_path", "x.jsonl", "--no_such_flag", "1")
-    assert r.returncode == 2 and "--no_such_flag" in r.stderr
+    assert r.stderr.splitlines()[-1].startswith("llt encode: error: --data_loader_path")
+    assert "Traceback" not in r.stderr and ", done" not in r.stderr  # a progress line, if any, says stopped
+    with pytest.raises(SystemExit) as e:
+        llt_here(capsys, "encode", "--tokenizer_path", tiny_tok_dir, "--corpus_name", "c",
+                 "--output_path", tmp_path / "out", "--input_path", "x.jsonl", "--no_such_flag", "1")
+    assert e.value.code == 2 and "--no_such_flag" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_quickstart_encodes_trains_and_says_where_the_outputs_are(tmp_path):
     import re
 
@@ -68,20 +81,14 @@ def test_quickstart_encodes_trains_and_says_where_the_outputs_are(tmp_path):
     assert r.stdout.rstrip().splitlines()[-1].strip()  # the generated answer follows the command
 
 
-@pytest.mark.parametrize("launcher", ["python", "llt", "accelerate", "torchrun"])
-def test_a_misspelled_flag_is_one_line_with_the_closest_flags_under_every_launcher(tmp_path, launcher):
-    import os
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["python", "llt", "accelerate", "torchrun"])
+def test_a_misspelled_flag_is_one_line_with_the_closest_flags_under_every_launcher(tmp_path, name):
+    from tests.procs import launcher, run
 
-    root = Path(__file__).resolve().parents[1]
-    recipe = str(root / "recipes" / "sft.py")
-    head = {"python": [sys.executable, recipe], "llt": [sys.executable, "-m", "llt", "train"],
-            "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
-                           "--cpu", recipe],
-            "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
-                         "--master_port", "29581", recipe]}[launcher]
-    proc = subprocess.run([*head, "--model_path", "m", "--data_path", "d", "--lerning_rate", "1e-4"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=str(root)))
+    head = [sys.executable, "-m", "llt", "train"] if name == "llt" else launcher(name)
+    proc = run([*head, "--model_path", "m", "--data_path", "d", "--lerning_rate", "1e-4"], timeout=300,
+               check=False, cwd=tmp_path)
     assert proc.returncode != 0
     # What llt controls: its one line, printed once by llt itself (a line of its own), and no
     # traceback through llt's code. What a launcher adds after its child fails is the
@@ -92,6 +99,7 @@ def test_a_misspelled_flag_is_one_line_with_the_closest_flags_under_every_launch
     assert "HfArgumentParser" not in proc.stderr and "Some specified arguments" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_progress_written_to_a_pipe_is_plain_lines_not_carriage_returns(tmp_path, tiny_model_dir, toy_corpora,
                                                                         tiny_tok_dir):
     import os

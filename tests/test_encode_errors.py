@@ -94,6 +94,7 @@ def test_tokenizer_problems(tmp_path, tiny_tok, tiny_tok_dir):
     fails(tmp_path, plain, "has no EOS token", inputs=[src], encode_type="pretrain")
 
 
+@pytest.mark.slow  # the Qwen2.5 tokenizer from ../shared
 def test_int16_with_a_large_vocabulary_fails_before_any_work(tmp_path):
     qwen = shared_asset("assets/tokenizers/qwen2.5")
     src = write_jsonl(tmp_path / "d.jsonl", ["x"])
@@ -151,6 +152,7 @@ def test_failed_overwrite_keeps_the_finished_corpus(tmp_path, tiny_tok_dir):
     assert {p.name: p.read_bytes() for p in corpus.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_kill_9_leaves_nothing_a_reader_trusts_and_the_same_command_finishes(tmp_path, tiny_tok_dir):
     import os
     import signal

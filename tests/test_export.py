@@ -4,7 +4,6 @@ model folder with the checkpoint's logits; generation with the chat template."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -129,14 +128,15 @@ def test_lora_checkpoint_with_added_tokens_merges_to_the_adapters_logits(tmp_pat
     assert (_logits(again, probe) - _logits(merged, probe)).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("stage,port", [("zero2", 29541), ("zero3", 29542)])
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_zero_checkpoint_exports_from_model_weights_or_consolidated_shards(tmp_path, tiny_model_dir, toy_corpora,
-                                                                          stage, port):
+                                                                          stage):
     pytest.importorskip("deepspeed")
-    from tests.test_train_dist import ROOT, _flags, _launch
+    from tests.procs import launcher, run
+    from tests.test_train_dist import _flags
 
-    _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(port),
-             str(ROOT / "recipes" / "sft.py"),
+    run([*launcher("torchrun"),
              *_flags(tiny_model_dir, toy_corpora["qa_packed"], tmp_path / "runs", "--max_steps", "3",
                      "--deepspeed_config_path", f"configs/deepspeed/{stage}.json", "--save_optimizer",
                      "--eval_split", "0.1", "--eval_steps", "3")])

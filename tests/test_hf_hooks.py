@@ -39,3 +39,36 @@ def test_no_other_private_trainer_method_is_overridden():
                for name in vars(klass) if name.startswith("_") and not name.startswith("__")
                and callable(getattr(Trainer, name, None))}
     assert private == set(HOOKS)
+
+
+def test_the_other_transformers_names_llt_relies_on_still_work():
+    """RELIED_ON in llt.train.hf_hooks, and the public registries llt extends."""
+    from transformers import (MODEL_FOR_CAUSAL_LM_MAPPING, AttentionInterface, AttentionMaskInterface, LlamaConfig,
+                              LlamaForCausalLM, TrainingArguments)
+
+    from llt.model import attention
+    from llt.train.hf_hooks import RELIED_ON
+
+    assert set(RELIED_ON) == {"AttentionMaskInterface['flash_attention_2']",
+                              "TrainingArguments.hf_deepspeed_config.mismatches"}
+    attention.register()
+    assert AttentionInterface()[attention.NAME] is attention.sdpa_varlen_attention
+    assert AttentionMaskInterface()[attention.NAME] is AttentionMaskInterface()["flash_attention_2"]
+    assert MODEL_FOR_CAUSAL_LM_MAPPING[LlamaConfig] is LlamaForCausalLM  # runs.load consolidates ZeRO shards with it
+    assert Trainer.loss_is_scaled_for_ga is None  # PreferenceTrainer sets it: its loss is a mean over pairs
+    args = TrainingArguments(output_dir="unused", per_device_train_batch_size=3, use_cpu=True)
+    assert args.train_batch_size == 3  # the sampler's batch size (LltTrainer.run_shape)
+
+
+def test_deepspeed_mismatches_are_reported_by_hf_as_llt_reads_them(tmp_path):
+    pytest.importorskip("deepspeed")
+    import json
+
+    from llt.errors import ConfigError
+    from llt.train.config import LltTrainingArguments
+
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 2}}))
+    with pytest.raises(ConfigError, match=r"train_micro_batch_size_per_gpu.*per_device_train_batch_size"):
+        LltTrainingArguments(output_dir=str(tmp_path / "o"), deepspeed=str(ds), per_device_train_batch_size=4,
+                             use_cpu=True)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import shared_asset
 
-from llt.encode.chat import ChatSample
-from llt.encode.joins import Joiner, newline_joins_exact, segment_lengths
+from llt.encode.chat.rule import ChatSample
+from llt.encode.chat.joins import Joiner, newline_joins_exact, segment_lengths
 from llt.tokenizer_loader import load_tokenizer
 
 TAILS = ["assistant\n", "model\n", "x \n", "x\t\n", "]\n", "7\n", ":\n\n", "\n", "ab  \n", "\u00e9\n", "a'\n"]
@@ -18,24 +18,25 @@ HEADS = ["Hello", "hello world", "'s fine", "'S", "1234 apples", "7", "-5", "!!"
          "#1", "A", "z\n", "'ll", "a\u200bb"]
 
 
-def tokenizers_under_test(tiny_tok_dir):
-    out = {"tiny": load_tokenizer(tiny_tok_dir)}
-    for name in ("qwen2.5", "smollm2"):
-        try:
-            out[name] = load_tokenizer(shared_asset(f"assets/tokenizers/{name}"))
-        except pytest.skip.Exception:
-            pass
-    return out
+def tokenizer_under_test(name, tiny_tok_dir):
+    if name == "tiny":
+        return load_tokenizer(tiny_tok_dir)
+    return load_tokenizer(shared_asset(f"assets/tokenizers/{name}"))
+
+
+# The real tokenizers come from ../shared: the slow tier.
+TOKENIZERS = ["tiny", pytest.param("qwen2.5", marks=pytest.mark.slow), pytest.param("smollm2", marks=pytest.mark.slow)]
 
 
 def ids(tok, text):
     return tok.backend_tokenizer.encode(text, add_special_tokens=False).ids
 
 
-def test_newline_joins_are_exact_on_adversarial_boundaries(tiny_tok_dir):
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_newline_joins_are_exact_on_adversarial_boundaries(tiny_tok_dir, name):
     """Every (prompt tail, turn head) pair the joiner joins tokenizes as its parts; the
     common one (`...assistant\\n` + text) is joined for every tokenizer here."""
-    for name, tok in tokenizers_under_test(tiny_tok_dir).items():
+    for tok in [tokenizer_under_test(name, tiny_tok_dir)]:
         joiner = Joiner(tok)
         assert joiner.newline, name
         lead = "<|im_start|>" if "<|im_start|>" in joiner.hard else next(iter(joiner.hard))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,24 +13,20 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import logged_losses
+from tests.procs import RECIPES, launcher, start
+from tests.procs import run as run_proc
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = str(ROOT / "recipes" / "sft.py")
 STEPS = 60
 
+pytestmark = pytest.mark.slow  # every test here starts launchers
 
-def launchers(port: int) -> dict[str, list[str]]:
-    py = sys.executable
-    return {
-        "python": [py, RECIPE],
-        "llt train": [py, "-m", "llt", "train"],
-        "accelerate 1": [py, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu", RECIPE],
-        "accelerate 2": [py, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                         "--main_process_port", str(port), RECIPE],
-        "torchrun": [py, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(port), RECIPE],
-        "deepspeed": [py, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", str(port), RECIPE],
-    }
+
+def launchers(name: str) -> list[str]:
+    """The command before the training flags, as a user types it under each launcher."""
+    if name == "llt train":
+        return [sys.executable, "-m", "llt", "train"]
+    kind, _, nproc = name.partition(" ")
+    return launcher(kind, RECIPES["sft"], int(nproc or 1))
 
 
 def _flags(model, corpus, out, *extra):
@@ -39,10 +34,6 @@ def _flags(model, corpus, out, *extra):
             "--report_to", "none", "--disable_tqdm", "true", "--deepspeed_config_path", "none",
             "--logging_steps", "1", "--per_device_train_batch_size", "4", "--learning_rate", "3e-3",
             "--seed", "3", "--max_steps", str(STEPS), "--save_steps", "3", *extra]
-
-
-def _env():
-    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 
 
 def _complete(run: Path) -> list[int]:
@@ -58,8 +49,7 @@ def _complete(run: Path) -> list[int]:
 def interrupt(cmd: list[str], run: Path, sig: int, whole_group: bool) -> dict:
     """Start `cmd`, signal it once a checkpoint exists, and report what was on disk when it
     exited."""
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = start(cmd, start_new_session=True)
     while not _complete(run):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.02)
@@ -81,7 +71,7 @@ def interrupt(cmd: list[str], run: Path, sig: int, whole_group: bool) -> dict:
 def test_llt_launch_exits_only_after_the_preemption_checkpoint_is_complete(
         tmp_path, tiny_model_dir, toy_corpora, launcher, sig, whole_group):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "llt", "launch", *launchers(29611)[launcher],
+    cmd = [sys.executable, "-m", "llt", "launch", *launchers(launcher),
            *_flags(tiny_model_dir, toy_corpora["qa"], run, "--save_optimizer")]
     r = interrupt(cmd, run, sig, whole_group)
     print(f"{launcher}: {signal.Signals(sig).name} to {'the group' if whole_group else 'llt launch'}: exit after "
@@ -93,9 +83,7 @@ def test_llt_launch_exits_only_after_the_preemption_checkpoint_is_complete(
     assert not any((run / ".partial").glob("checkpoint-*"))
     if launcher == "python":  # resuming it reproduces the uninterrupted run
         ref = tmp_path / "ref"
-        subprocess.run([*launchers(0)["python"], *_flags(tiny_model_dir, toy_corpora["qa"], ref)], env=_env(),
-                       check=True, capture_output=True, timeout=600)
-        subprocess.run([*launchers(0)["python"], *_flags(tiny_model_dir, toy_corpora["qa"], run,
-                                                         "--load_ckpt_path", str(run))],
-                       env=_env(), check=True, capture_output=True, timeout=600)
+        run_proc([*launchers("python"), *_flags(tiny_model_dir, toy_corpora["qa"], ref)])
+        run_proc([*launchers("python"), *_flags(tiny_model_dir, toy_corpora["qa"], run, "--load_ckpt_path",
+                                                str(run))])
         assert logged_losses(run / f"checkpoint-{STEPS}") == logged_losses(ref / f"checkpoint-{STEPS}")

@@ -86,15 +86,12 @@ def _perturb(model, seed=0):
 
 
 def _llt_trainer(tmp_path, tiny_tok_dir, model_dir, *flags):
-    from llt.train.parse import parse_args
-    from llt.train.preference import PreferenceArguments
-    from llt.train.sft import build
+    from llt.train.preference import build_trainer
 
     _, corpus = encode(tmp_path, tiny_tok_dir, [write_jsonl(tmp_path / "p.jsonl", PAIRS)], encode_type="preference")
-    groups = parse_args(["--model_path", str(model_dir), "--data_path", str(corpus), "--output_path",
-                         str(tmp_path / "runs"), "--per_device_train_batch_size", str(len(PAIRS)), "--use_cpu",
-                         "true", "--report_to", "none", "--seed", "0", *flags], (PreferenceArguments,))
-    trainer = build(*groups)
+    trainer = build_trainer(["--model_path", str(model_dir), "--data_path", str(corpus), "--output_path",
+                             str(tmp_path / "runs"), "--per_device_train_batch_size", str(len(PAIRS)),
+                             "--use_cpu", "true", "--report_to", "none", "--seed", "0", *flags])
     return trainer, next(iter(trainer.get_train_dataloader())), corpus
 
 
@@ -272,7 +269,7 @@ def test_overlong_pairs_are_dropped_or_cut_side_by_side(tmp_path, tiny_tok_dir):
 
 
 def _dpo(argv) -> int:
-    from llt.train.dpo import main
+    from llt.train.preference import main
 
     return main(["--deepspeed_config_path", "none", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
                  "--logging_steps", "1", "--per_device_train_batch_size", "4", "--learning_rate", "3e-3",
@@ -317,28 +314,19 @@ def test_full_dpo_precomputed_reference_equals_the_frozen_copy(tmp_path, tiny_mo
     assert abs(a[1] - math.log(2)) < 1e-6 and abs(b[1] - math.log(2)) < 1e-6
 
 
+@pytest.mark.slow
 def test_two_process_lora_dpo_and_zero3(tmp_path, tiny_model_dir, pair_corpus):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.procs import RECIPES, launcher, run
 
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     flags = ["--model_path", str(tiny_model_dir), "--data_path", str(pair_corpus), "--use_cpu", "--report_to",
              "none", "--disable_tqdm", "true", "--logging_steps", "1", "--per_device_train_batch_size", "2",
              "--use_lora", "true", "--max_steps", "3", "--learning_rate", "3e-3"]
     launches = {
-        "ddp": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-                "29541", str(root / "recipes" / "dpo.py"), "--deepspeed_config_path", "none"],
-        "zero3": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29542",
-                  str(root / "recipes" / "dpo.py"), "--deepspeed_config_path", "configs/deepspeed/zero3.json"],
+        "ddp": [*launcher("accelerate", RECIPES["dpo"], 2), "--deepspeed_config_path", "none"],
+        "zero3": [*launcher("torchrun", RECIPES["dpo"]), "--deepspeed_config_path", "configs/deepspeed/zero3.json"],
     }
     for name, cmd in launches.items():
-        proc = subprocess.run([*cmd, *flags, "--output_path", str(tmp_path / name)], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        run([*cmd, *flags, "--output_path", str(tmp_path / name)])
         state = json.loads(next((tmp_path / name).glob("*/checkpoint-3/trainer_state.json")).read_text())
         steps = [h for h in state["log_history"] if "rewards/margins" in h]
         assert len(steps) == 3 and abs(steps[0]["loss"] - math.log(2)) < 1e-4, (name, steps[0])
@@ -388,3 +376,25 @@ def test_precomputed_reference_is_reused_on_resume(tmp_path, tiny_model_dir, pai
     assert cache.stat().st_mtime_ns == stamp  # loaded, not computed again (the policy has moved)
     resumed = next(p for p in (tmp_path / "r").iterdir() if (p / "checkpoint-4").is_dir())
     assert (resumed / "ref_logps.npz").read_bytes() == cache.read_bytes()  # the new folder has them too
+
+
+@pytest.mark.parametrize("flag", [["--chunked_loss", "false"], ["--use_liger_kernel", "true"]])
+def test_a_flag_that_replaces_llts_forward_is_refused_before_any_data_work(tmp_path, tiny_model_dir, capsys, flag):
+    """The pair log-probs come from llt's own forward; a flag that swaps it out would fail
+    at the first step, so it is refused first, with the reason (the data path does not even
+    exist: no data work happened)."""
+    rc = _dpo(["--model_path", str(tiny_model_dir), "--data_path", str(tmp_path / "nowhere"), "--output_path",
+               str(tmp_path / "runs"), *flag])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"llt dpo: error: {flag[0]}") and "log-probs" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_methods_are_peers_listed_once():
+    """Each method is its own folder, found through the one list; none is a branch in another."""
+    from llt.train.methods import METHODS, get_method
+    from llt.train.preference.method import Preference
+    from llt.train.sft.method import SFT
+
+    assert {name: type(get_method(name)) for name in METHODS} == {"train": SFT, "dpo": Preference}
+    assert get_method("dpo").collator_options() == {"pairs": True} and get_method("train").collator_options() == {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 
 import pytest
@@ -70,17 +69,18 @@ def test_qlora_trains_resumes_exactly_and_exports_a_merged_model(tmp_path, tiny_
     assert out.shape[1] > 1
 
 
-def test_llt_export_prints_the_quantization_difference(tmp_path, tiny_model_dir, toy_corpora):
+def test_llt_export_prints_the_quantization_difference(tmp_path, tiny_model_dir, toy_corpora, capsys):
+    from llt.cli import main as llt
+
     assert train(_args(tiny_model_dir, toy_corpora["qa_packed"], tmp_path / "runs", "--max_steps", "2")) == 0
-    proc = subprocess.run([sys.executable, "-m", "llt", "export", str(run_folder(tmp_path / "runs")), "--out",
-                           str(tmp_path / "m"), "--check"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "logits match" in proc.stdout and "against the adapter on the 4-bit nf4 base it trained on" in proc.stdout
+    capsys.readouterr()
+    assert llt(["export", str(run_folder(tmp_path / "runs")), "--out", str(tmp_path / "m"), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "logits match" in out and "against the adapter on the 4-bit nf4 base it trained on" in out
     info = json.loads((tmp_path / "m" / "llt_export.json").read_text())
     assert info["check_against_quantized_base"]["max_abs_logit_diff"] > 0
-    proc = subprocess.run([sys.executable, "-m", "llt", "export", str(run_folder(tmp_path / "runs")), "--out",
-                           str(tmp_path / "adapter"), "--no-merge"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert llt(["export", str(run_folder(tmp_path / "runs")), "--out", str(tmp_path / "adapter"), "--no-merge"]) == 0
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_eight_bit_base_trains(tmp_path, tiny_model_dir, toy_corpora, caplog):
@@ -112,7 +112,7 @@ def test_missing_bitsandbytes_names_the_extra(tmp_path, tiny_model_dir, toy_corp
 
 
 def test_peft_options_pass_through_and_an_unknown_field_is_named(tmp_path, tiny_model_dir, toy_corpora):
-    from llt.train.lora import apply_lora
+    from llt.model.lora import apply_lora
     from types import SimpleNamespace
     from transformers import AutoModelForCausalLM
 
@@ -135,27 +135,23 @@ def test_peft_options_pass_through_and_an_unknown_field_is_named(tmp_path, tiny_
         apply_lora(None, SimpleNamespace(lora_config_path=str(cfg)), [])
 
 
+@pytest.mark.slow
 def test_two_process_qlora_with_a_mix_and_eval_preempted_then_resumed_equals_the_uninterrupted_run(
         tmp_path, tiny_model_dir, toy_corpora):
     """QLoRA under 2-process data parallel, two weighted corpora and a held-out split:
     SIGUSR1 to rank 1 stops both ranks with a resumable checkpoint, and the resumed run
     ends with the uninterrupted run's adapter and losses, bit for bit."""
-    import os
     import signal
     import time
-    from pathlib import Path
 
     import psutil
 
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    from tests.procs import RECIPES, launcher, run, start
+
     steps = 8
 
-    def cmd(out, port, *extra):
-        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(port), str(root / "recipes" / "sft.py"),
-                "--model_path", str(tiny_model_dir), "--data_path", f"text={toy_corpora['text']}:0.3",
+    def cmd(out, *extra):
+        return [*launcher("accelerate", RECIPES["sft"], 2), "--model_path", str(tiny_model_dir), "--data_path", f"text={toy_corpora['text']}:0.3",
                 f"qa={toy_corpora['qa']}:0.7", "--eval_split", "0.1", "--eval_steps", "4",
                 "--output_dir", str(out), "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
                 "--deepspeed_config_path", "none", "--logging_steps", "1", "--per_device_train_batch_size", "4",
@@ -169,16 +165,15 @@ def test_two_process_qlora_with_a_mix_and_eval_preempted_then_resumed_equals_the
     def ckpts(run):
         return sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*"))
 
-    subprocess.run(cmd(tmp_path / "ref", 29561), env=env, check=True, capture_output=True, timeout=600)
+    run(cmd(tmp_path / "ref"))
     ref_w, ref_loss = final(tmp_path / "ref")
     history = json.loads((tmp_path / "ref" / f"checkpoint-{steps}" / "trainer_state.json").read_text())
     assert any("eval_loss" in e for e in history["log_history"])
     assert any("loss/text" in e for e in history["log_history"])
 
-    run = tmp_path / "run"
-    proc = subprocess.Popen(cmd(run, 29562), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    while not (run.exists() and ckpts(run)):
+    folder = tmp_path / "run"
+    proc = start(cmd(folder), start_new_session=True)
+    while not (folder.exists() and ckpts(folder)):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.02)
     workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
@@ -186,9 +181,8 @@ def test_two_process_qlora_with_a_mix_and_eval_preempted_then_resumed_equals_the
     next(w for w in workers if w.environ().get("RANK") == "1").send_signal(signal.SIGUSR1)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
-    assert "stopped by" in out and ckpts(run)[-1] < steps
-    subprocess.run(cmd(run, 29563, "--load_ckpt_path", str(run)), env=env, check=True, capture_output=True,
-                   timeout=600)
-    w, losses = final(run)
+    assert "stopped by" in out and ckpts(folder)[-1] < steps
+    run(cmd(folder, "--load_ckpt_path", str(folder)))
+    w, losses = final(folder)
     assert losses == ref_loss
     assert w.keys() == ref_w.keys() and all(torch.equal(w[k], ref_w[k]) for k in w)

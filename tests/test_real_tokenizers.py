@@ -10,6 +10,8 @@ from conftest import encode, read_corpus, shared_asset
 
 from llt.toy import write_jsonl
 
+pytestmark = pytest.mark.slow  # the real tokenizers and data in ../shared
+
 TOKENIZERS = {"qwen2.5": ("uint32", 151_665), "smollm2": ("uint16", 49_152)}
 
 

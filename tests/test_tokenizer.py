@@ -8,7 +8,7 @@ import pytest
 from conftest import shared_asset
 
 from llt.flags import parse_dataclass
-from llt.encode.joins import hard_ends
+from llt.encode.chat.joins import hard_ends
 from llt.encode.config import EncodeArgs
 from llt.encode.tokenizer_info import TokenizerInfo
 from llt.tokenizer_loader import RawTokenizer, load_tokenizer
@@ -20,7 +20,8 @@ def facts(tok, path):
             tok.chat_template, tok.special_tokens_map, hard_ends(tok))
 
 
-@pytest.mark.parametrize("which", ["tiny", "bos", "qwen2.5", "smollm2"])
+@pytest.mark.parametrize("which", ["tiny", "bos", pytest.param("qwen2.5", marks=pytest.mark.slow),
+                                   pytest.param("smollm2", marks=pytest.mark.slow)])
 def test_raw_tokenizer_agrees_with_transformers(which, tiny_tok_dir, bos_tok_dir):
     path = {"tiny": tiny_tok_dir, "bos": bos_tok_dir}.get(which) or shared_asset(f"assets/tokenizers/{which}")
     raw = load_tokenizer(path)

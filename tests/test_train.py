@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,12 +49,11 @@ def test_loss_falls_and_every_output_loads(tmp_path, tiny_model_dir, toy_corpora
 
 
 def _trainer(tiny_model_dir, corpus, out, *extra):
-    from llt.train.parse import parse_args
-    from llt.train.sft import build
+    from llt.train.sft import build_trainer
 
     argv = ["--deepspeed_config_path", "none", "--use_cpu", "--report_to", "none",
             *_args(tiny_model_dir, corpus, out, *extra)]
-    return build(*parse_args(argv))
+    return build_trainer(argv)
 
 
 def _doc_slices(position_ids, length):
@@ -114,7 +114,7 @@ def test_chunked_loss_equals_the_stock_loss_and_gradients(tiny_model_dir, toy_co
 
     from llt.data.collate import PaddingFreeCollator
     from llt.data.dataset import ShardDataset
-    from llt.train.loss import use_chunked_loss
+    from llt.model.loss import use_chunked_loss
 
     ds = ShardDataset(toy_corpora["qa_packed"])
     batch = PaddingFreeCollator(flat=False, pad_token_id=0)([ds[i] for i in range(4)])
@@ -131,6 +131,45 @@ def test_chunked_loss_equals_the_stock_loss_and_gradients(tiny_model_dir, toy_co
     (stock, g0), (chunked, g1) = results
     assert chunked == pytest.approx(stock, rel=1e-6)
     for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("router_loss", [False, True])
+def test_chunked_loss_keeps_a_moe_routers_load_balancing_loss(tmp_path, tiny_tok, toy_corpora, router_loss):
+    """A mixture-of-experts model trained with its router's auxiliary loss: the chunked
+    loss adds the same term the model's own forward adds, with the same gradients."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from llt.data.collate import PaddingFreeCollator
+    from llt.data.dataset import ShardDataset
+    from llt.model.loss import use_chunked_loss
+
+    cfg = MixtralConfig(vocab_size=len(tiny_tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                        output_router_logits=router_loss, router_aux_loss_coef=0.5, max_position_embeddings=256)
+    torch.manual_seed(0)
+    MixtralForCausalLM(cfg).save_pretrained(tmp_path / "moe")
+    ds = ShardDataset(toy_corpora["qa_packed"])
+    batch = PaddingFreeCollator(flat=False, pad_token_id=0)([ds[i] for i in range(2)])
+    batch.pop("llt_counts")
+    results = []
+    for chunked in (False, True):
+        model = MixtralForCausalLM.from_pretrained(tmp_path / "moe")
+        if chunked:
+            assert use_chunked_loss(model)
+        out = model(**batch)
+        out.loss.backward()
+        results.append((out.loss.item(), out.aux_loss, {n: p.grad for n, p in model.named_parameters()}))
+    (stock, aux0, g0), (chunked, aux1, g1) = results
+    assert chunked == pytest.approx(stock, rel=1e-6)
+    if router_loss:
+        assert aux1 is not None and aux1.item() == pytest.approx(aux0.item(), rel=1e-6) and aux1.item() > 0
+        router = [n for n in g0 if "gate" in n and "experts" not in n]
+        assert router and all(g1[n] is not None and g1[n].abs().sum() > 0 for n in router)  # the router learns
+    for name in g0:
+        if g0[name] is None:
+            assert g1[name] is None
+            continue
         torch.testing.assert_close(g1[name], g0[name], atol=1e-6, rtol=1e-4)
 
 
@@ -316,7 +355,7 @@ def test_shipped_recipes_parse(tmp_path):
     from pathlib import Path
 
     from llt.train.parse import parse_args
-    from llt.train.preference import PreferenceArguments
+    from llt.train.preference.config import PreferenceArguments
 
     for recipe in sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")):
         extra = (PreferenceArguments,) if "dpo" in recipe.stem else ()  # recipes/dpo.py's flags
@@ -379,3 +418,24 @@ def test_two_lora_runs_with_the_same_seed_start_from_the_same_adapter(tmp_path, 
     a, b, c = weights
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_building_the_arguments_changes_nothing_outside_them(tmp_path, monkeypatch):
+    """Arguments are plain data: building them (in a test, a notebook) leaves HF's progress
+    bars and the process group alone; the run's set-up does those, once."""
+    from transformers.utils import logging as hf_logging
+
+    from llt.train.config import LltTrainingArguments
+    from llt.train.setup import prepare_run
+
+    hf_logging.enable_progress_bar()
+    args = LltTrainingArguments(output_path=str(tmp_path), save_name="r", use_cpu=True)  # stdout is no tty here
+    assert args.progress_lines and args.disable_tqdm and hf_logging.is_progress_bar_enabled()
+    assert args.output_dir == str(tmp_path / "r") and args.stamp_run_folder
+    prepare_run(args)
+    assert not hf_logging.is_progress_bar_enabled()
+    assert re.fullmatch(r"r-\d{8}-\d{6}", Path(args.output_dir).name)
+    named = args.output_dir
+    prepare_run(args)  # named once
+    assert args.output_dir == named
+    hf_logging.enable_progress_bar()

@@ -4,31 +4,17 @@ with world size 1 (torchrun). Each launches real processes, so these take ~15-60
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from llt.data.dataset import ShardDataset
 from tests.conftest import run_folder
+from tests.procs import HELPER, RECIPES, launcher
+from tests.procs import run as _launch
 
-ROOT = Path(__file__).resolve().parents[1]
-HELPER = ROOT / "tests" / "helpers" / "record_samples.py"
-
-
-def _env():
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("RANK", None)
-    return env
-
-
-def _launch(cmd, timeout=600):
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return proc
+pytestmark = pytest.mark.slow  # every test here starts launcher processes
 
 
 def llt_lines(stderr: str, prefix: str) -> list[str]:
@@ -48,9 +34,7 @@ def test_two_process_data_parallel_trains_every_sample_once_per_epoch(tmp_path, 
                                                                       toy_corpora):
     corpus = toy_corpora["qa"]  # 300 samples: 19 steps of 2 x 8, the last one partial
     rec = tmp_path / "seen"
-    _launch([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-             "--main_process_port", "29517", str(HELPER), str(rec),
+    _launch([*launcher("accelerate", HELPER, 2), str(rec),
              *_flags(tiny_model_dir, corpus, tmp_path / "out", "--max_epochs", "2",
                      "--deepspeed_config_path", "none", "--save_optimizer")])
     ranks = [json.loads(Path(f"{rec}.rank{r}.json").read_text()) for r in (0, 1)]
@@ -69,16 +53,13 @@ def test_two_process_data_parallel_trains_every_sample_once_per_epoch(tmp_path, 
     assert state["world_size"] == 2 and state["epoch"] == 2
 
 
-@pytest.mark.parametrize("stage,launcher", [("zero2", "deepspeed"), ("zero3", "torchrun")])
+@pytest.mark.parametrize("stage,launcher_name", [("zero2", "deepspeed"), ("zero3", "torchrun")])
 def test_deepspeed_zero_trains_and_saves_a_loadable_model(tmp_path, tiny_model_dir, toy_corpora, stage,
-                                                          launcher):
+                                                          launcher_name):
     pytest.importorskip("deepspeed")
     from transformers import AutoModelForCausalLM
 
-    launch = ([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "1", "--master_port", "29531"]
-              if launcher == "deepspeed" else
-              [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29532"])
-    _launch([*launch, str(ROOT / "recipes" / "sft.py"),
+    _launch([*launcher(launcher_name),
              *_flags(tiny_model_dir, toy_corpora["qa_packed"], tmp_path, "--max_steps", "4",
                      "--deepspeed_config_path", f"configs/deepspeed/{stage}.json", "--save_optimizer")])
     run = run_folder(tmp_path)
@@ -109,11 +90,10 @@ def test_a_deepspeed_json_with_explicit_values_trains_or_names_each_conflict(tmp
     pytest.importorskip("deepspeed")
     ds = tmp_path / "seed_ds.json"
     ds.write_text(json.dumps(SEED_DS))
-    base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29533",
-            str(ROOT / "recipes" / "sft.py"), "--deepspeed_config_path", str(ds)]
+    base = [*launcher("torchrun"), "--deepspeed_config_path", str(ds)]
     flags = _flags(tiny_model_dir, toy_corpora["qa"], tmp_path / "ok", "--max_steps", "2")
     # The defaults (8 per device, no accumulation, lr 3e-3 here) disagree with the JSON.
-    proc = subprocess.run(base + flags, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = _launch(base + flags, check=False)
     assert proc.returncode != 0 and llt_lines(proc.stderr, f"llt train: error: --deepspeed_config_path {ds}")
     # Each conflict is named with both values; the wording of each line is HF's, so only the
     # names and values are asserted (in that order, on one line).
@@ -125,7 +105,7 @@ def test_a_deepspeed_json_with_explicit_values_trains_or_names_each_conflict(tmp
                      "--learning_rate", "1e-5", "--adam_beta2", "0.95", "--adam_epsilon", "1e-8",
                      "--weight_decay", "0.0"]
     # Warmup is only known once the schedule is: checked when training starts, same message.
-    proc = subprocess.run(base + agree, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = _launch(base + agree, check=False)
     assert proc.returncode != 0 and re.search(r"warmup_num_steps\W+2\b.*warmup_steps", proc.stderr)
     assert llt_lines(proc.stderr, "llt train: error: --deepspeed_config_path")
     # Flags that agree with it: trains with its own AdamW and WarmupLR.
@@ -140,16 +120,14 @@ def test_resume_with_a_different_number_of_processes_continues_the_sample_order(
     the epoch is trained exactly once across the two runs."""
     corpus = toy_corpora["qa"]  # 300 samples
     rec = tmp_path / "seen"
-    _launch([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-             "--main_process_port", "29519", str(HELPER), str(rec),
+    _launch([*launcher("accelerate", HELPER, 2), str(rec),
              *_flags(tiny_model_dir, corpus, tmp_path / "out", "--max_steps", "3", "--save_steps", "3",
                      "--save_optimizer", "--deepspeed_config_path", "none", "--output_dir",
                      str(tmp_path / "run"))])
     first = []
     for r in (0, 1):  # the first 3 micro-batches of 8 per rank (later fetches are look-ahead)
         first += [i for i in json.loads(Path(f"{rec}.rank{r}.json").read_text())["seen"][:24] if i >= 0]
-    _launch([sys.executable, str(HELPER), f"{rec}-resumed",
+    _launch([*launcher("python", HELPER), f"{rec}-resumed",
              *_flags(tiny_model_dir, corpus, tmp_path / "out", "--max_steps", "35", "--save_optimizer",
                      "--deepspeed_config_path", "none", "--output_dir", str(tmp_path / "run"),
                      "--load_ckpt_path", str(tmp_path / "run"))])
@@ -169,9 +147,7 @@ def test_two_process_mixed_run_evaluates_each_held_out_sample_once(tmp_path, tin
                    "--eval_steps", "3", "--per_device_eval_batch_size", "3", "--max_steps", "3",
                    "--deepspeed_config_path", "none")
     flags.insert(flags.index("--data_path") + 2, f"qa={toy_corpora['qa']}:0.6")
-    _launch([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-             "--main_process_port", "29521", str(ROOT / "recipes" / "sft.py"), *flags])
+    _launch([*launcher("accelerate", RECIPES["sft"], 2), *flags])
     run = run_folder(tmp_path / "out")
     history = json.loads((run / "loss_history.json").read_text())
     [ev] = [e for e in history if "eval_loss" in e]
@@ -210,12 +186,10 @@ def test_damaged_shards_are_verified_once_per_node_and_stop_every_rank(tmp_path,
         verify_on_local_main([str(corpus)], SimpleNamespace(local_process_index=0))
     assert calls == [[str(corpus)]]
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         "--main_process_port", "29531", str(ROOT / "recipes" / "sft.py"),
+    proc = _launch(
+        [*launcher("accelerate", RECIPES["sft"], 2),
          *_flags(tiny_model_dir, corpus, tmp_path / "out", "--max_steps", "1", "--deepspeed_config_path", "none")],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+        timeout=300, check=False)
     assert proc.returncode != 0
     # One line from each rank; a launcher may quote a failed child's last line again (accelerate 1.16).
     assert len(llt_lines(proc.stderr, "llt train: error: --data_path: the shards failed verification")) == 2, \
@@ -223,20 +197,16 @@ def test_damaged_shards_are_verified_once_per_node_and_stop_every_rank(tmp_path,
     assert not list((tmp_path / "out").glob("*/checkpoint-*"))
 
 
-@pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
+@pytest.mark.parametrize("launcher_name", ["accelerate", "torchrun"])
 def test_two_processes_without_use_cpu_on_a_machine_without_gpu_train_each_sample_once(
-        tmp_path, tiny_model_dir, toy_corpora, launcher):
+        tmp_path, tiny_model_dir, toy_corpora, launcher_name):
     """No --use_cpu, no GPU: the processes train on the CPU as one world of 2 (once, HF saw a
     world of 1 in each process: every sample twice, then a crash at the first save)."""
     corpus = toy_corpora["qa"]
     rec = tmp_path / "seen"
-    head = {"accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                           "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                           "--main_process_port", "29601"],
-            "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                         "--master_port", "29602"]}[launcher]
+    head = launcher(launcher_name, HELPER, 2)
     flags = [f for f in _flags(tiny_model_dir, corpus, tmp_path / "out") if f != "--use_cpu"]
-    proc = _launch([*head, str(HELPER), str(rec), *flags, "--max_epochs", "1", "--save_steps", "5",
+    proc = _launch([*head, str(rec), *flags, "--max_epochs", "1", "--save_steps", "5",
                     "--deepspeed_config_path", "none"])
     assert len(llt_lines(proc.stderr, "llt: no GPU here: the 2 launched processes train on the CPU")) == 1
     ranks = [json.loads(Path(f"{rec}.rank{r}.json").read_text()) for r in (0, 1)]
@@ -270,8 +240,7 @@ def test_qlora_under_deepspeed_zero3_stores_the_4bit_weights_in_the_training_dty
     weights in the training dtype (--bnb_4bit_quant_storage auto). World size 1 on CPU."""
     pytest.importorskip("deepspeed")
     pytest.importorskip("bitsandbytes")
-    proc = _launch([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port",
-                    "29533", str(ROOT / "recipes" / "sft.py"),
+    proc = _launch([*launcher("torchrun"),
                     *_flags(tiny_model_dir, toy_corpora["qa_packed"], tmp_path, "--max_steps", "3",
                             "--deepspeed_config_path", "configs/deepspeed/zero3.json", "--use_lora",
                             "--load_in_4bit", "--save_optimizer")])

@@ -14,6 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # builds the wheel and installs it in a fresh virtual environment
+
 ROOT = Path(__file__).resolve().parents[1]
 SKIP = {".git", "build", "dist", "llt-quickstart", "__pycache__", ".pytest_cache"}
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from llt.encode import worker
 from llt.encode.config import EncodeArgs
-from llt.encode.samples import EncodeStats
+from llt.encode.builders.base import EncodeStats
 from llt.encode.sources import find_inputs, plan_parts, stream_records
 from llt.encode.summary import write_manifest
 from llt.encode.tokenizer_info import TokenizerInfo
@@ -202,14 +202,17 @@ def collect(run: _Run, progress_bar: bool = True) -> dict[int, tuple]:
         bar.update(total - shown)
         shown = total
 
+    finished = False
     try:
         if run.streamed:
             _feed(stream_records(run.inputs, run.args.data_loader_path), run.inboxes,
                   run.args.batch_size, poll)
         while len(done) < len(run.procs):
             poll(0.25)
+        finished = True
     finally:
-        bar.close()
+        # A log line saying "done" above an error would be read as success.
+        bar.close() if finished or not hasattr(bar, "stop") else bar.stop()
     for p in run.procs:
         p.join()
     return done

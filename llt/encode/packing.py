@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from llt.shards.writer import SampleBatch
-from llt.encode.pieces import Sample, join_samples, split_batch
+from llt.encode.sample import Sample, join_samples, split_batch
 
 
 def best_fit_decreasing(lengths: np.ndarray, capacity: int) -> list[list[int]]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from llt.encode.config import EncodeArgs
 from llt.encode.packing import Packer
-from llt.encode.samples import EncodeStats
+from llt.encode.builders.base import EncodeStats
 from llt.encode.tokenizer_info import TokenizerInfo
 from llt.shards.writer import SampleBatch, ShardWriter, WrittenShard
 

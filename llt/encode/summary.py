@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from llt.encode.samples import EncodeStats
+from llt.encode.builders.base import EncodeStats
 from llt.encode.tokenizer_info import TokenizerInfo
 from llt.fsutil import fsync_dir
 from llt.shards.manifest import MANIFEST, MANIFEST_VERSION

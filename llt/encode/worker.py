@@ -11,10 +11,12 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llt.encode.chat import ChatEncoder, ChatOptions
-from llt.encode.chat_template import ChatTemplate, load_template_source
+from llt.encode.chat.encoder import ChatEncoder
+from llt.encode.chat.rule import ChatOptions
+from llt.encode.chat.template import ChatTemplate, load_template_source
 from llt.encode.config import EncodeArgs
-from llt.encode.samples import Fields, SampleBuilder
+from llt.encode.builders import make_builder
+from llt.encode.builders.base import Fields
 from llt.encode.sink import ShardSink
 from llt.encode.hub import dataset_batches
 from llt.encode.sources import Part, part_batches
@@ -94,12 +96,11 @@ def encode_worker(k: int, job: WorkerJob, inbox, results, progress, fingerprint=
         os.environ["TOKENIZERS_PARALLELISM"] = "true"
         os.environ.setdefault("RAYON_NUM_THREADS", str(job.tokenizer_threads))
         tok = INHERITED_TOKENIZER or load_tokenizer(args.tokenizer_path)
-        builder = SampleBuilder(tok, job.info, args.encode_type, args.max_length,
-                                args.overlong, args.qa_template, args.strict,
-                                Fields(args.text_field, args.q_field, args.a_field, args.messages_field,
-                                       args.tools_field, args.prompt_field, args.chosen_field,
-                                       args.rejected_field),
-                                (INHERITED_CHAT or chat_encoder(tok, args, job.chat_date)) if job.chat_date else None)
+        builder = make_builder(args.encode_type, tok, job.info, args.max_length, args.overlong, args.qa_template,
+                               args.strict, Fields(args.text_field, args.q_field, args.a_field, args.messages_field,
+                                                   args.tools_field, args.prompt_field, args.chosen_field,
+                                                   args.rejected_field),
+                               (INHERITED_CHAT or chat_encoder(tok, args, job.chat_date)) if job.chat_date else None)
         sink = ShardSink(job.tmp_dir, k, job.dtype, job.info, args, builder.has_loss_mask,
                          _shared_fingerprint(fingerprint, job.parent_pid) if fingerprint else None)
         columns = args.columns

@@ -106,7 +106,7 @@ def quantized_base_diff(loaded: Loaded) -> dict | None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from llt.train.quant import bnb_config
+    from llt.model.quant import bnb_config
 
     bf16 = cfg.get("args", {}).get("bf16")
     qcfg = bnb_config(SimpleNamespace(**flags), torch.bfloat16 if bf16 else torch.float32)

@@ -145,7 +145,7 @@ def _config_or_none(path):
 def grow_for_tokenizer(model, tok) -> None:
     """Tokens added in training (--add_tokens) lie past the base's embedding table: grow
     it as training did, so the adapter's rows for them fit."""
-    from llt.train.model import add_token_rows, embedding_rows
+    from llt.model.loading import add_token_rows, embedding_rows
 
     rows = embedding_rows(model)
     if len(tok) > rows:
@@ -155,7 +155,7 @@ def grow_for_tokenizer(model, tok) -> None:
 def _load_zero(ckpt: Path, dtype: str | None, original_cfg):
     """Consolidate a ZeRO-1/2/3 checkpoint's partitioned fp32 weights on the CPU."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
 
     tag = None
     if not (ckpt / "latest").is_file():
@@ -167,7 +167,7 @@ def _load_zero(ckpt: Path, dtype: str | None, original_cfg):
         raise CheckpointError(f"{ckpt}: cannot consolidate its DeepSpeed shards ({e})") from None
     config = AutoConfig.from_pretrained(str(ckpt))
     want = _dtype(dtype, original_cfg, config)
-    cls = AutoModelForCausalLM._model_mapping[type(config)]
+    cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # the class AutoModelForCausalLM picks
     model, info = cls.from_pretrained(None, config=config, state_dict=state, dtype=torch.float32,
                                       output_loading_info=True)
     missing = [k for k in info.get("missing_keys", []) if not (config.tie_word_embeddings and k.endswith("lm_head.weight"))]

@@ -2,7 +2,7 @@
 
     llt inspect out/wiki                 # counts, length histogram, 3 decoded samples
     llt inspect out/alpaca -n 5 --random # trained tokens shown [[like this]]
-    llt inspect out/chat --check         # chat turns against the template (llt.encode.check)
+    llt inspect out/chat --check         # chat turns against the template (llt.encode.chat.check)
 """
 
 from __future__ import annotations

@@ -1,21 +1,18 @@
-"""Stage 4, `llt train`: the training run on the batches of `llt.data`.
+"""Stage 4, training: what every training method shares, and the methods, each a peer.
 
-`config` (the four argument dataclasses), `parse` (YAML recipe + flags), `model`
-(tokenizer and model loading, added tokens), `lora`, `quant` (QLoRA: a 4- or 8-bit base),
-`attention` (per-document SDPA on
-CPU), `loss` (the chunked loss on trained positions), `checks` (start-up verification),
-`trainer` (`LltTrainer`), `hf_hooks` (its only private-hook overrides), `resume` (exact
-resume as plain functions), `checkpointing` (atomic saves, rotation), `evaluate` (the
-held-out loss), `callbacks` (throughput, mix, loss report, save schedule, preemption),
-`report` (the run folder's records), `sft` (the recipe body behind `recipes/sft.py`
-and `llt train`), and for preference tuning: `preference` (the DPO/IPO/SimPO/ORPO losses
-and their flags), `pref_setup` (which trainer, which reference policy), `pref_trainer`
-(`PreferenceTrainer`), `pref_eval` (held-out pairs), `ref_cache` (precomputed reference
-log-probs) and `dpo` (the recipe body behind `recipes/dpo.py` and `llt dpo`).
+Shared: `config` (the four argument dataclasses), `parse` (YAML recipe + flags -> `RunArgs`),
+`methods` (`TrainingMethod`, what a method supplies, and `METHODS`, the one list of them),
+`build` (flags -> tokenizer, data, model, the method's loss, collator, LoRA, callbacks ->
+the trainer), `setup` (what a run changes outside its arguments: logging, progress bars,
+the run folder's name), `run` (argv -> build, train, exit code, process-group teardown),
+`checks` (start-up verification), `trainer` (`LltTrainer`), `hf_hooks` (its only
+private-hook overrides), `resume` (exact resume as plain functions), `checkpointing`
+(atomic saves, rotation), `evaluate` (the held-out loss), `callbacks` (throughput, mix,
+loss report, save schedule, preemption, progress lines), `report` (the run folder's
+records).
+
+The methods, a folder each: `sft` (supervised fine-tuning and continued pre-training,
+`llt train`, recipes/sft.py) and `preference` (DPO, IPO, SimPO, ORPO: `llt dpo`,
+recipes/dpo.py). The model itself (loading, LoRA, quantization, attention, the chunked
+loss) is `llt.model`.
 """
-
-import logging
-
-# bitsandbytes (the qlora extra) warns at import, on CPUs with AVX512-BF16, that an optional
-# `kernels` package is missing, and then uses its own kernel; every launch would print it.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

@@ -7,7 +7,7 @@ import logging
 
 from llt.errors import ConfigError, DataError
 from llt.shards.fingerprint import vocab_fingerprint
-from llt.train.model import embedding_rows
+from llt.model.loading import embedding_rows
 
 
 def check_world(args) -> None:
@@ -22,7 +22,7 @@ def check_world(args) -> None:
                 "rank": int(os.environ.get("RANK", "0") or 0)}
     if dist.is_available() and dist.is_initialized():
         launcher = {"world size": dist.get_world_size(), "rank": dist.get_rank()}
-    if getattr(args, "_cpu_world", False) and args.process_index == 0:
+    if getattr(args, "cpu_world", False) and args.process_index == 0:
         logging.getLogger("llt").warning(
             "llt: no GPU here: the %d launched processes train on the CPU (gloo), as with --use_cpu",
             launcher["world size"])
@@ -108,13 +108,3 @@ def adopt_chat_template(tokenizer, data) -> str | None:
     return template
 
 
-def check_encode_types(data, preference: bool) -> None:
-    """Preference pairs train only with recipes/dpo.py, and it trains only on them: SFT
-    on a pair corpus would train the rejected completions too."""
-    kinds = {h.get("encode_type") for h in data.dataset.headers}
-    if preference and kinds != {"preference"}:
-        raise DataError(f"recipes/dpo.py trains on preference pairs (llt encode --encode_type preference); "
-                        f"--data_path holds {', '.join(sorted(map(str, kinds - {'preference'})))} corpora")
-    if not preference and "preference" in kinds:
-        raise DataError("--data_path holds preference pairs (encode_type preference); train them with "
-                        "recipes/dpo.py (`llt dpo`), which trains the chosen completion against the rejected")

@@ -11,7 +11,6 @@ checkpoints resumable.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -41,7 +40,7 @@ class ModelArguments:
     add_tokens: list[str] | None = field(default=None, metadata={
         "help": "special tokens to add (space- or comma-separated); their embedding rows start "
                 "as the mean of the existing ones and are trained, with LoRA too"})
-    # QLoRA (llt.train.quant); the names are TRL's ModelConfig's.
+    # QLoRA (llt.model.quant); the names are TRL's ModelConfig's.
     load_in_4bit: bool = field(default=False, metadata={
         "help": "QLoRA: load the base model's linear layers in 4-bit (bitsandbytes) and train LoRA "
                 "adapters on top; needs --use_lora and the qlora extra"})
@@ -128,6 +127,8 @@ class LltTrainingArguments(TrainingArguments):
         "help": "kept False: llt's collators need the document starts"})
 
     def __post_init__(self):
+        """Validation and flags derived from flags only: building the arguments changes
+        nothing outside them (the run's process-wide settings are `llt.train.setup`)."""
         self._llt_resolve()
         super().__post_init__()
         ds = getattr(self, "hf_deepspeed_config", None)
@@ -137,8 +138,6 @@ class LltTrainingArguments(TrainingArguments):
                 f"--deepspeed_config_path {self.deepspeed}: values that disagree with the training "
                 "flags (set them to \"auto\" in the JSON, or change the flags):\n"
                 + "\n".join(ds.mismatches))
-        if self._stamp_run:
-            self.output_dir = str(Path(self.output_path) / f"{self.save_name}-{_run_stamp(self)}")
 
     def _llt_resolve(self) -> None:
         """Turn llt's flags into HF's before HF validates them."""
@@ -148,12 +147,8 @@ class LltTrainingArguments(TrainingArguments):
         # LLT_PROGRESS_SECONDS instead (ProgressLineCallback), unless --disable_tqdm is given.
         self.progress_lines = self.disable_tqdm is None and not is_tty()
         if self.progress_lines:
-            from transformers.utils import logging as hf_logging
-
             self.disable_tqdm = True
-            hf_logging.disable_progress_bar()  # loading/saving bars would fill the log the same way
         self.deepspeed = resolve_deepspeed(self.deepspeed)
-        self._cpu_world = cpu_only_launch(self)
         self.save_only_model = not self.save_optimizer
         if self.save_steps and self.save_steps > 0:
             self.save_strategy = "steps"
@@ -167,6 +162,9 @@ class LltTrainingArguments(TrainingArguments):
         for flag in ("per_device_train_batch_size", "gradient_accumulation_steps"):
             if getattr(self, flag) < 1:
                 raise ConfigError(f"--{flag} {getattr(self, flag)}: must be 1 or more")
+        if self.auto_find_batch_size:
+            raise ConfigError("--auto_find_batch_size: llt's sample order and exact resume are planned for "
+                              "the batch size given; set --per_device_train_batch_size instead")
         if self.precision != "auto" and (self.bf16 or self.fp16) and not (
                 (self.precision == "bf16" and self.bf16 and not self.fp16)
                 or (self.precision == "fp16" and self.fp16 and not self.bf16)):
@@ -180,28 +178,28 @@ class LltTrainingArguments(TrainingArguments):
             self.bf16 = True
         elif self.precision == "fp16":
             self.fp16 = True
-        self._stamp_run = self.output_dir is None
-        if self._stamp_run:
-            self.output_dir = str(Path(self.output_path) / self.save_name)  # replaced after init
+        # Without --output_dir the run folder is <output_path>/<save_name>-<time>, the time
+        # taken on rank 0 when the run is set up (llt.train.setup.prepare_run).
+        self.stamp_run_folder = self.output_dir is None
+        if self.stamp_run_folder:
+            self.output_dir = str(Path(self.output_path) / self.save_name)
 
 
-def cpu_only_launch(args) -> bool:
-    """A multi-process launch on a machine without an accelerator and without --use_cpu:
-    train on the CPU as the user meant (HF would otherwise set up a world of one in each
-    process, and every process would train every sample). Returns whether it did."""
+def cpu_only_launch(use_cpu_given: bool) -> bool:
+    """Whether a multi-process launch on a machine without an accelerator, without
+    --use_cpu given, should train on the CPU as the user meant (HF would otherwise set up a
+    world of one in each process, and every process would train every sample). Decided
+    from the environment before the arguments are built (`llt.train.parse`)."""
     import os
 
     import torch
 
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if args.use_cpu or world < 2:
+    if use_cpu_given or world < 2:
         return False
     has_accelerator = torch.cuda.is_available() or (
         hasattr(torch, "accelerator") and torch.accelerator.is_available())
-    if has_accelerator:
-        return False
-    args.use_cpu = True
-    return True
+    return not has_accelerator
 
 
 def resolve_deepspeed(value: str | None) -> str | None:
@@ -237,26 +235,3 @@ def resolve_deepspeed(value: str | None) -> str | None:
 def _bf16_supported(args) -> bool:
     import torch
     return bool(not args.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-
-
-def _run_stamp(args) -> str:
-    """The run folder's timestamp, taken on rank 0 and shared, so every rank writes to
-    the same folder even when they start on different seconds."""
-    stamp = [time.strftime("%Y%m%d-%H%M%S")]
-    if args.world_size > 1:
-        from accelerate.utils import broadcast_object_list
-        broadcast_object_list(stamp, from_process=0)
-    return stamp[0]
-
-
-def split_tokens(values: list[str] | None) -> list[str]:
-    """`--add_tokens "<a>,<b>" "<c>"` -> ["<a>", "<b>", "<c>"].
-
-    Examples:
-        >>> split_tokens(["<a>,<b>", "<c>"])
-        ['<a>', '<b>', '<c>']
-    """
-    out: list[str] = []
-    for v in values or []:
-        out += [t.strip() for t in v.split(",") if t.strip()]
-    return out

@@ -22,6 +22,17 @@ from llt.runs.history import write_loss_report
 from llt.train import checkpointing
 from llt.train.resume import data_position
 
+# transformers names llt uses beyond its documented API, outside these overrides: each is
+# checked by tests/test_hf_hooks.py the way the hooks are (the rest llt uses is public API:
+# AttentionInterface/AttentionMaskInterface.register, MODEL_FOR_CAUSAL_LM_MAPPING,
+# Trainer.loss_is_scaled_for_ga, TrainingArguments.train_batch_size).
+RELIED_ON = {
+    "AttentionMaskInterface['flash_attention_2']": "llt_sdpa_varlen takes flash-attention's mask function "
+                                                    "(no 4D mask: boundaries come as cu_seq_lens)",
+    "TrainingArguments.hf_deepspeed_config.mismatches": "DeepSpeed JSON values that contradict the flags, "
+                                                         "reported before any work (llt.train.config)",
+}
+
 # name -> the parameters (after self) that llt's override relies on, in order.
 HOOKS = {
     "_get_output_dir": ("trial",),

@@ -20,7 +20,8 @@ from transformers import HfArgumentParser
 
 from llt.errors import ConfigError
 from llt.resources import user_or_shipped
-from llt.train.config import DataArguments, LltTrainingArguments, LoraArguments, ModelArguments
+from llt.train.config import DataArguments, LltTrainingArguments, LoraArguments, ModelArguments, cpu_only_launch
+from llt.train.methods import RunArgs
 
 DATACLASSES = (ModelArguments, DataArguments, LoraArguments, LltTrainingArguments)
 
@@ -93,13 +94,16 @@ def unknown_flag_message(parser, remaining: list[str]) -> str:
 
 def parse_args(argv: list[str] | None = None, extra: tuple = ()):
     """(ModelArguments, DataArguments, LoraArguments, LltTrainingArguments, *extra) from argv;
-    `extra`: more dataclasses of flags (recipes/dpo.py's `PreferenceArguments`)."""
+    `extra`: more dataclasses of flags (a training method's own, such as `PreferenceArguments`)."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(extra)
     config, rest = _split_config(argv)
     recipe = read_recipe(config, parser) if config else {}
     parser.set_defaults(**recipe)
     parser.set_defaults(**eval_defaults(recipe, rest))
+    cpu_world = cpu_only_launch("use_cpu" in recipe or _given(rest, "use_cpu"))
+    if cpu_world:
+        parser.set_defaults(use_cpu=True)
     *groups, remaining = parser.parse_args_into_dataclasses(args=rest, return_remaining_strings=True)
     if remaining:
         raise ConfigError(unknown_flag_message(parser, remaining))
@@ -110,7 +114,18 @@ def parse_args(argv: list[str] | None = None, extra: tuple = ()):
     if not data_args.data_path:
         raise ConfigError("--data_path is required (corpus folders from `llt encode`)")
     train_args.llt_config_file = config
+    train_args.cpu_world = cpu_world  # said once at start-up (llt.train.checks.check_world)
     return (model_args, data_args, lora_args, train_args, *more)
+
+
+def parse_run(argv: list[str] | None, method) -> RunArgs:
+    """The flags of a run under `method` (a `llt.train.methods.TrainingMethod`)."""
+    model_args, data_args, lora_args, train_args, *more = parse_args(argv, method.arguments)
+    return RunArgs(model_args, data_args, lora_args, train_args, tuple(more))
+
+
+def _given(argv: list[str], name: str) -> bool:
+    return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
 
 
 def eval_defaults(recipe: dict, argv: list[str]) -> dict:

@@ -3,7 +3,7 @@ later: `llt_env.json` (command, library versions, devices, world size), `llt_dat
 (the corpora, shards, mix and held-out set trained on) and, at the end,
 `run_summary.json` (steps, tokens, final and best losses, where the best checkpoint is).
 `llt_config.json` (every flag) and `loss_history.json`/`loss.png` are written by
-`llt.train.sft` and the loss-report callback."""
+`llt.train.build` and the loss-report callback."""
 
 from __future__ import annotations
 

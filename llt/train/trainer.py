@@ -52,7 +52,7 @@ class LltTrainer(HfHookOverrides, Trainer):
         args = self.args
         return RunShape(
             n_samples=self.plan.size if self.plan is not None else len(self.train_dataset),
-            world_size=args.world_size, batch_size=self._train_batch_size,
+            world_size=args.world_size, batch_size=self.args.train_batch_size,
             gradient_accumulation_steps=args.gradient_accumulation_steps, shuffle=self.shuffle_data,
             seed=args.data_seed if args.data_seed is not None else args.seed,
             data=data_identity(self.train_dataset), plan=self.plan.identity() if self.plan else None)
@@ -77,7 +77,7 @@ class LltTrainer(HfHookOverrides, Trainer):
     def get_train_dataloader(self):
         shape = self.run_shape()
         self.sampler = EpochBatchSampler(
-            self.plan if self.plan is not None else shape.n_samples, self._train_batch_size,
+            self.plan if self.plan is not None else shape.n_samples, self.args.train_batch_size,
             world_size=shape.world_size, rank=self.args.process_index, shuffle=self.shuffle_data,
             seed=shape.seed)
         if self._resume_position:

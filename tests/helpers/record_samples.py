@@ -13,8 +13,7 @@ import os
 import sys
 
 from llt.data.dataset import ShardDataset
-from llt.train.parse import parse_args
-from llt.train.sft import build
+from llt.train.sft import build_trainer
 
 seen = []
 _getitem = ShardDataset.__getitem__
@@ -33,7 +32,7 @@ def main() -> None:
     ShardDataset.__getitem__ = recording_getitem
     out = sys.argv[1]
     _log = open(f"{out}.rank{os.environ.get('RANK', '0')}.log", "a")
-    trainer = build(*parse_args(sys.argv[2:]))
+    trainer = build_trainer(sys.argv[2:])
     trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
     rank = int(os.environ.get("RANK", "0"))
     with open(f"{out}.rank{rank}.json", "w") as f:

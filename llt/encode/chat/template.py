@@ -1,20 +1,12 @@
-"""A chat template as the encoder uses it: compiled once, rendered directly, fitted once to
-how it wants messages, and the rule that finds the text a model generates for a turn.
+"""A chat template as the encoder uses it: compiled once, rendered directly, and fitted once
+to how it wants messages.
 
 Rendering goes through the template compiled as transformers compiles it
-(`jinja_env`: same sandbox, filters and globals as `apply_chat_template`), called directly: `apply_chat_template` re-checks and
+(`environment`: same sandbox, filters and globals as `apply_chat_template`), called directly: `apply_chat_template` re-checks and
 copies the conversation on every call, which cost 3x the render itself (measured on
 Qwen2.5's template, 7-message conversations), and the encoder renders each conversation
 2 times per assistant turn. `tests/test_chat_templates.py` checks both give the same text.
-
-The turn rule (docs/chat.md): for assistant message i, `prompt` is the conversation before
-it rendered with the generation prompt (what the model sees at inference), and `render`
-the conversation through it with i last. The generated text is `render` after `prompt`,
-up to its last non-space character (the end-of-turn token; a newline after it is not
-generated). Where `prompt` is not a prefix of `render` (DeepSeek-R1 ends the prompt with
-`<think>\\n`, which the rendered turn lacks), the shared part is cut back to a token
-boundary of `prompt` and the rest of `render` is the generated text: the model is trained
-on the template's own text for the turn, after the prompt it gets at inference.
+The turn rule that uses it is `llt.encode.chat.rule`.
 """
 
 from __future__ import annotations
@@ -23,8 +15,8 @@ import datetime
 import json
 from dataclasses import dataclass
 
-from llt.encode.jinja_env import compile_template
-from llt.encode.messages import Message
+from llt.encode.chat.environment import compile_template
+from llt.encode.chat.messages import Message
 from llt.errors import LltError
 
 
@@ -146,54 +138,3 @@ class ChatTemplate:
             return self.render(self.to_dicts(probe, style), tools, False)
         except Exception:  # noqa: BLE001 - a probe the template refuses: the caller tries another
             return ""
-
-    # ------------------------------------------------------------------ the turn rule
-    def prompt(self, dicts: list[dict], tools: list | None, turn: dict) -> str:
-        """The generation-time prompt before `turn` (the conversation `dicts` before it)."""
-        if dicts:
-            return self.render(dicts, tools, True)
-        try:  # an assistant turn first: many templates cannot render an empty conversation
-            return self.render([], tools, True)
-        except Exception:  # noqa: BLE001
-            full = self.render([turn], tools, False)
-            key = turn.get("content") or turn.get("reasoning_content") or ""
-            pos = full.find(key) if key else -1
-            return full[:pos] if pos > 0 else ""
-
-    def generated(self, prompt: str, render: str, history, first: str) -> str:
-        """The text the model generates after `prompt`, from the `render` of its turn.
-
-        When `prompt` is not a prefix of `render` (the template renders history differently
-        once the turn follows), the turn is found from the end of `render`, where it is:
-        the last place before the turn's `first` part (its reasoning, content or first tool
-        name) where the generation prompt stands (`prompt` after `history()`, the
-        conversation before the turn rendered without it), or its longest token-aligned
-        head. Without a generation prompt (Mistral: the turn follows [/INST]) the prompt's
-        last characters stand in for it. This covers DeepSeek-R1 (prompt `<｜Assistant｜>`
-        `<think>\\n`, turn `<｜Assistant｜>answer`), gpt-oss (tool-call reasoning leaves the
-        history once a final answer follows) and Hermes-3 (a last tool result renders
-        without the newline it has once a turn follows).
-        """
-        if render.startswith(prompt):
-            return render[len(prompt):].rstrip()
-        end = render.rfind(first.strip()) if first.strip() else -1
-        end = end if end >= 0 else len(render)
-        before = history()
-        if prompt.startswith(before) and len(prompt) > len(before):
-            gen = prompt[len(before):]
-            enc = self.tok.backend_tokenizer.encode(gen, add_special_tokens=False)
-            heads = [gen[:cut] for cut in sorted({hi for _, hi in enc.offsets if hi > 0}, reverse=True)]
-        else:
-            heads = [prompt[-n:] for n in (256, 128, 64, 32, 16, 8)]
-        for head in heads:
-            pos = render.rfind(head, 0, end)
-            if pos >= 0:
-                return render[pos + len(head):].rstrip()
-        raise TurnError("the chat template renders the conversation before this turn differently "
-                        "once the turn follows, and the end of its generation-time prompt "
-                        f"({prompt[-40:]!r}) cannot be found in the rendered turn "
-                        f"({render[max(0, end - 80):end + 40]!r})")
-
-
-class TurnError(LltError):
-    """The turn rule cannot place an assistant turn in what the template renders."""

@@ -1,6 +1,7 @@
-"""Samples outside the shard writer's batches: one `Sample`, and the conversions between a
-`SampleBatch` (flat arrays, what the writer takes) and a list of `Sample`s (what truncation,
-packing and preference pairs work on)."""
+"""One sample as arrays, and the conversions between a `SampleBatch` (flat arrays, what the
+shard writer takes; `llt.shards.writer`) and a list of `Sample`s (what truncation, packing
+and preference pairs work on). Before tokenizing, a chat sample is text segments
+(`llt.encode.chat.rule.ChatSample`); after, it is one of these."""
 
 from __future__ import annotations
 

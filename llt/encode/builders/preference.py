@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from llt.encode.chat import ChatEncoder
-from llt.encode.messages import Conversation, RecordError, read_conversation
-from llt.encode.pieces import Sample
+from llt.encode.builders.base import Builder, Where
+from llt.encode.chat.encoder import ChatEncoder
+from llt.encode.chat.messages import Conversation, RecordError, read_conversation
+from llt.encode.sample import Sample, join_samples
+from llt.shards.writer import SampleBatch
 
 
 def implicit_prompt(chosen: list, rejected: list) -> int:
@@ -158,3 +160,48 @@ def limit_pair(s: Sample, max_length: int, overlong: str) -> Sample | None:
         out_tokens.append(s.tokens[lo:lo + keep])
     return Sample(np.concatenate(out_tokens), np.concatenate(out_spans),
                   np.array([0, len(out_tokens[0])], np.int64))
+
+
+class PreferenceBuilder(Builder):
+    """Preference records in, pair samples out (see the module docstring)."""
+
+    def __init__(self, *args, chat: ChatEncoder | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        n = self.names
+        self.pairs = PairBuilder(chat, (n.prompt, n.chosen, n.rejected), self.info.prefix_ids,
+                                 self.info.eos_token, n.tools)
+
+    def samples(self, records: list, where: Where) -> SampleBatch | None:
+        texts, owners, plans = [], [], []
+        for k, rec in enumerate(records):
+            kind, parts = self.pairs.plan(rec, lambda why, k=k: RecordError(f"{where(k)}: {why}"))
+            if kind == "empty" or (kind == "chat" and not all(parts)):
+                if kind == "empty":
+                    self._skip(where, k, "an empty completion")
+                else:
+                    self.stats.skipped_unrendered += 1
+                continue
+            pieces = parts if kind == "text" else [t for side in parts for t, _ in side]
+            plans.append((kind, len(pieces), None if kind == "text" else [[f for _, f in side] for side in parts]))
+            texts += pieces
+            owners += [k] * len(pieces)
+        if not plans:
+            return None
+        ids, lens = self._flat_ids(self._encode_fast(texts, where, owners))
+        seqs = np.split(ids, np.cumsum(lens)[:-1])
+        prefix = np.array(self.info.prefix_ids, np.uint32)
+        kept, at = [], 0
+        for kind, n, flags in plans:
+            parts = seqs[at:at + n]
+            at += n
+            if kind == "text":  # as TRL tokenizes: with the tokenizer's own prefix (a BOS)
+                parts = [np.concatenate([prefix, p]) for p in parts]
+            pair = pair_sample(kind, parts, flags)
+            whole = len(pair.tokens)
+            pair = limit_pair(pair, self.max_length, self.overlong)
+            if pair is None:
+                self.stats.dropped_overlong += 1
+            else:
+                self.stats.truncated += len(pair.tokens) < whole
+                kept.append(pair)
+        return self._count(join_samples(kept, True)) if kept else None

@@ -1,5 +1,5 @@
-"""Tokenizer and model loading for training: attention implementation, dtype, added tokens,
-and the model figures the MFU estimate needs (LoRA is `llt.train.lora`)."""
+"""The model as llt builds it: tokenizer and model loading, attention implementation, dtype,
+added tokens, and the model figures the MFU estimate needs (LoRA is `llt.model.lora`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import logging
 import torch
 
 from llt.errors import ConfigError
-from llt.train.config import split_tokens
 
 log = logging.getLogger("llt")
 
@@ -16,8 +15,8 @@ log = logging.getLogger("llt")
 def pick_attn_implementation(requested: str, use_cpu: bool = False, padded: bool = False) -> str:
     """`auto`: flash-attention 2 when the package is installed and a CUDA GPU is in use
     (its varlen kernel takes padding-free batches as they are); on CPU, SDPA per document
-    (`llt.train.attention`); else PyTorch's sdpa with a block mask."""
-    from llt.train import attention
+    (`llt.model.attention`); else PyTorch's sdpa with a block mask."""
+    from llt.model import attention
 
     attention.register()
     if requested != "auto":
@@ -50,16 +49,15 @@ def load_training_tokenizer(model_args):
     return tok, new_ids
 
 
-def load_model(model_args, train_args, tok, new_token_ids: list[int], padded: bool = False,
-               quantization=None):
-    """The causal LM in training dtype, cache off, embeddings grown for added tokens;
-    with `quantization` (a BitsAndBytesConfig), its linear layers quantized and the model
-    prepared for k-bit training (`llt.train.quant`)."""
+def load_model(model_args, train_args, tok, new_token_ids: list[int], attn: str, quantization=None):
+    """The causal LM in training dtype with attention `attn` (`pick_attn_implementation`),
+    cache off, embeddings grown for added tokens; with `quantization` (a
+    BitsAndBytesConfig), its linear layers quantized and the model prepared for k-bit
+    training (`llt.model.quant`)."""
     from transformers import AutoModelForCausalLM
 
-    from llt.train import quant
+    from llt.model import quant
 
-    attn = pick_attn_implementation(model_args.attn_implementation, train_args.use_cpu, padded)
     dtype = torch.bfloat16 if train_args.bf16 else torch.float32
     extra = {"quantization_config": quantization, "device_map": quant.device_map(train_args)} if quantization else {}
     try:
@@ -136,3 +134,16 @@ def flops_per_token_info(model) -> dict:
     heads = getattr(cfg, "num_attention_heads", 0) or 0
     head_dim = getattr(cfg, "head_dim", None) or (getattr(cfg, "hidden_size", 0) // max(heads, 1))
     return {"matmul_params": int(matmul_params), "layers": int(layers), "attn_width": int(heads * head_dim)}
+
+
+def split_tokens(values: list[str] | None) -> list[str]:
+    """`--add_tokens "<a>,<b>" "<c>"` -> ["<a>", "<b>", "<c>"].
+
+    Examples:
+        >>> split_tokens(["<a>,<b>", "<c>"])
+        ['<a>', '<b>', '<c>']
+    """
+    out: list[str] = []
+    for v in values or []:
+        out += [t.strip() for t in v.split(",") if t.strip()]
+    return out

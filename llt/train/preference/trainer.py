@@ -25,7 +25,8 @@ import torch
 
 from llt.data.collate import BatchExtras
 from llt.data.dataset import IGNORE_INDEX
-from llt.train.preference import PreferenceArguments, pair_losses, sequence_logps
+from llt.train.preference.config import PreferenceArguments
+from llt.train.preference.losses import pair_losses, sequence_logps
 from llt.train.trainer import LltTrainer
 
 
@@ -82,7 +83,7 @@ class PreferenceTrainer(LltTrainer):
 
     def _precompute(self, model) -> None:
         """Before the first step (the wrapped model is ready then, ZeRO-3 included)."""
-        from llt.train.ref_cache import precompute
+        from llt.train.preference.ref_cache import precompute
 
         lora = hasattr(self.accelerator.unwrap_model(model), "disable_adapter")
         self.ref_logps = precompute(self, model, self.model_path, can_compute=lora or self.state.global_step == 0)
@@ -117,7 +118,7 @@ class PreferenceTrainer(LltTrainer):
         loss = terms.losses.sum() / max(n, 1)  # a batch of fillers only: 0, with the graph
         if terms.nll is not None:
             loss = loss + terms.nll
-        if split == "train":  # evaluation computes its own over the whole set (pref_eval)
+        if split == "train":  # evaluation computes its own over the whole set (preference.evaluate)
             self._record(terms, lc, lr)
         return (loss, {"loss": loss}) if return_outputs else loss
 
@@ -146,6 +147,6 @@ class PreferenceTrainer(LltTrainer):
 
     # ---- evaluation ----
     def held_out_metrics(self, model, eval_set, prefix: str) -> dict:
-        from llt.train.pref_eval import held_out_pairs
+        from llt.train.preference.evaluate import held_out_pairs
 
         return held_out_pairs(self, model, eval_set, prefix)

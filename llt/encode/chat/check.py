@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from llt.encode.chat import ChatEncoder, ChatOptions
-from llt.encode.chat_template import ChatTemplate
-from llt.encode.messages import Message, RecordError, read_conversation
+from llt.encode.chat.encoder import ChatEncoder
+from llt.encode.chat.rule import ChatOptions, first_part, generated_text, generation_prompt
+from llt.encode.chat.template import ChatTemplate
+from llt.encode.chat.messages import Message, RecordError, read_conversation
 from llt.errors import LltError
 
 
@@ -65,11 +66,9 @@ def _reference(tpl: ChatTemplate, tok, msgs: list[Message], tools, train_turns: 
     turns = [i for i, m in enumerate(msgs) if m.role == "assistant" and (m.content or m.reasoning or m.tool_calls)]
     out = []
     for i in turns[-1:] if train_turns == "last" else turns:
-        prompt = tpl.prompt(dicts[:i], tools, dicts[i]) if not i else render(dicts[:i], True)
-        m = msgs[i]
-        first = m.reasoning or m.content or (m.tool_calls[0]["name"] if m.tool_calls else "")
-        turn = tpl.generated(prompt, render(dicts[: i + 1], False),
-                             lambda i=i: render(dicts[:i], False) if i else "", first)
+        prompt = generation_prompt(tpl, dicts[:i], tools, dicts[i]) if not i else render(dicts[:i], True)
+        turn = generated_text(tpl, prompt, render(dicts[: i + 1], False),
+                              lambda i=i: render(dicts[:i], False) if i else "", first_part(msgs[i]))
         out.append((tok(prompt, add_special_tokens=False)["input_ids"],
                     tok(turn, add_special_tokens=False)["input_ids"], i))
     return out
@@ -100,7 +99,8 @@ def _first_difference(a: list[int], b: list[int]) -> int:
 
 def check_corpus(corpus: Path, manifest: dict, n: int, inputs: list[str] | None) -> int:
     """Print the comparison for `n` records; return the number of differences."""
-    from llt.encode.samples import Fields, SampleBuilder
+    from llt.encode.builders.base import Fields
+    from llt.encode.builders.chat import ChatBuilder
     from llt.encode.tokenizer_info import TokenizerInfo
     from llt.tokenizer_loader import load_tokenizer
 
@@ -110,9 +110,9 @@ def check_corpus(corpus: Path, manifest: dict, n: int, inputs: list[str] | None)
                        "compares chat turns with the chat template")
     tok = load_tokenizer(manifest["tokenizer"]["path"], transformers=True)
     tpl = ChatTemplate(tok, chat["template"], chat["kwargs"], chat["date"])
-    builder = SampleBuilder(tok, TokenizerInfo.of(tok, manifest["tokenizer"]["path"]), "chat", 10**9,
-                            names=Fields(messages=args["messages_field"], tools=args["tools_field"]),
-                            chat=ChatEncoder(tpl, ChatOptions(chat["train_turns"], args["unrendered"])))
+    builder = ChatBuilder(tok, TokenizerInfo.of(tok, manifest["tokenizer"]["path"]), 10**9,
+                          names=Fields(messages=args["messages_field"], tools=args["tools_field"]),
+                          chat=ChatEncoder(tpl, ChatOptions(chat["train_turns"], args["unrendered"])))
     on_disk = _corpus_hashes(corpus, manifest)
     differences = turns = found = samples = records = 0
     for rec, where in _records(manifest, inputs, n):

@@ -38,12 +38,12 @@ def sdpa_varlen_attention(module, query, key, value, attention_mask, dropout: fl
 
 def register() -> None:
     """Make `attn_implementation="llt_sdpa_varlen"` known to transformers (idempotent)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+    from transformers import AttentionInterface, AttentionMaskInterface
 
     AttentionInterface.register(NAME, sdpa_varlen_attention)
-    # Like flash-attention, it needs no 4D mask: boundaries come as cu_seq_lens.
-    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, flash_attention_mask)
+    # Like flash-attention, it needs no 4D mask: boundaries come as cu_seq_lens. Both
+    # registries are transformers' public extension points for custom attention.
+    AttentionMaskInterface.register(NAME, AttentionMaskInterface()["flash_attention_2"])
 
 
 def is_varlen(attn: str) -> bool:

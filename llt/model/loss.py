@@ -12,7 +12,9 @@ memory holds one chunk of logits instead of all of them.
 Calling `lm_head` as a module keeps LoRA or trainable-token wrappers and ZeRO-3's
 parameter gathering working; going through the model's own `forward` keeps DDP's and
 DeepSpeed's hooks. The loss equals transformers' (sum over trained targets divided by
-`num_items_in_batch`, or their count), tested to 1e-5 with its gradients.
+`num_items_in_batch`, or their count), tested to 1e-5 with its gradients; for a
+mixture-of-experts model trained with `output_router_logits`, plus its router's
+load-balancing term, as the model's own forward adds it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class LltCausalLMOutput(CausalLMOutputWithPast):
     carried `llt_groups`."""
 
     group_loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None  # a MoE router's load-balancing loss (already added to `loss`)
     token_losses: torch.Tensor | None = None  # per trained target, in order (llt_token_losses=True)
 
 
@@ -64,7 +67,28 @@ def supports_chunked_loss(model) -> str | None:
         return "the model soft-caps its logits"
     if getattr(model.config, "logits_scaling", None) not in (None, 1, 1.0):
         return "the model scales its logits"
+    if getattr(model.config, "output_router_logits", False) and _router_aux(model) is None:
+        return (f"{type(model).__name__} adds a router load-balancing loss in a way llt does not know "
+                "(transformers' MoE models define load_balancing_loss_func beside the model)")
     return None
+
+
+def _router_aux(model):
+    """For a mixture-of-experts model trained with its router's load-balancing loss
+    (`config.output_router_logits`): a function of the decoder's router logits giving the
+    term the model's own forward adds to the loss (`router_aux_loss_coef * aux`), computed
+    as transformers' MoE models compute it; None where the model does not follow that form."""
+    import sys
+
+    fn = getattr(sys.modules.get(type(model).__module__), "load_balancing_loss_func", None)
+    needed = ("num_experts", "num_experts_per_tok", "router_aux_loss_coef")
+    if fn is None or not all(hasattr(model, a) for a in needed):
+        return None
+
+    def term(router_logits, attention_mask):
+        aux = fn(router_logits, model.num_experts, model.num_experts_per_tok, attention_mask)
+        return model.router_aux_loss_coef * aux, aux
+    return term
 
 
 def use_chunked_loss(model, chunk_rows: int | None = None, n_groups: int = 1) -> bool:
@@ -81,6 +105,7 @@ def use_chunked_loss(model, chunk_rows: int | None = None, n_groups: int = 1) ->
         log.info("llt: stock loss (full logits): %s", reason)
         return False
     stock = model.forward
+    router = _router_aux(model) if getattr(model.config, "output_router_logits", False) else None
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, labels=None,
                 num_items_in_batch=None, llt_groups=None, llt_token_losses=False, **kwargs):
@@ -88,6 +113,8 @@ def use_chunked_loss(model, chunk_rows: int | None = None, n_groups: int = 1) ->
             return stock(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          labels=labels, num_items_in_batch=num_items_in_batch, **kwargs)
         kwargs.pop("logits_to_keep", None)
+        if router is not None:  # a MoE's load-balancing loss needs the router logits
+            kwargs["output_router_logits"] = True
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          **kwargs)
         hidden = out.last_hidden_state[:, :-1]
@@ -105,7 +132,12 @@ def use_chunked_loss(model, chunk_rows: int | None = None, n_groups: int = 1) ->
         denom = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
         if torch.is_tensor(denom):
             denom = denom.to(loss.device)
-        return LltCausalLMOutput(loss=loss / denom, logits=None, group_loss=group_loss,
+        loss = loss / denom
+        aux = None
+        if router is not None:
+            added, aux = router(out.router_logits, attention_mask)
+            loss = loss + added.to(loss.device)
+        return LltCausalLMOutput(loss=loss, logits=None, group_loss=group_loss, aux_loss=aux,
                                  token_losses=per_token if llt_token_losses else None)
 
     model.forward = types.MethodType(forward, model)

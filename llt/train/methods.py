@@ -1,0 +1,71 @@
+"""The training methods: each is a peer in a folder of its own, and this file lists them.
+
+A method (SFT in `llt.train.sft`, preference tuning in `llt.train.preference`) supplies what
+is its own, through `TrainingMethod`: its command, its flags, what its corpora must hold,
+what it needs the model's forward to return, its collator options and its trainer.
+Everything the methods share (parse, tokenizer, data, model, LoRA, callbacks, the run
+folder, the launch and teardown) is `llt.train.build` and `llt.train.run`.
+
+Adding a method: a folder with its `TrainingMethod` subclass, and one line in `METHODS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+# command name -> "module:class" of its TrainingMethod (imported only when that method runs)
+METHODS = {
+    "train": "llt.train.sft.method:SFT",
+    "dpo": "llt.train.preference.method:Preference",
+}
+
+
+@dataclass
+class RunArgs:
+    """The parsed flags of a run: the four shared groups, and the method's own (by class)."""
+
+    model: object
+    data: object
+    lora: object
+    train: object
+    extra: tuple = field(default_factory=tuple)
+
+    def groups(self) -> dict:
+        """Every group by the name `llt_config.json` records it under."""
+        out = {"model_args": self.model, "data_args": self.data, "lora_args": self.lora, "args": self.train}
+        for group in self.extra:
+            out[getattr(group, "config_key", type(group).__name__)] = group
+        return out
+
+
+class TrainingMethod:
+    """What a training method supplies to `llt.train.build`. The defaults are SFT's."""
+
+    command = "llt train"  # how messages name the command
+    arguments: tuple[type, ...] = ()  # dataclasses of the method's own flags, parsed after the shared ones
+
+    def check_flags(self, run: RunArgs) -> None:
+        """Refuse flag combinations the method cannot train, before any data work."""
+
+    def check_corpora(self, data) -> None:
+        """Refuse corpora the method does not train on (`data`: `llt.data.run_data.RunData`)."""
+
+    def install_loss(self, model, run: RunArgs, n_groups: int) -> bool:
+        """Give the model the forward the method's loss needs; True when that forward
+        returns per-corpus loss sums (`group_loss`) for the mix logs."""
+        return False
+
+    def collator_options(self) -> dict:
+        """Extra keyword arguments for `llt.data.collate.make_collator`."""
+        return {}
+
+    def trainer(self, run: RunArgs, model, common: dict):
+        """The Trainer, built from `common` (the keyword arguments every llt trainer takes)."""
+        raise NotImplementedError
+
+
+def get_method(name: str) -> TrainingMethod:
+    """The method registered under `name` (a key of `METHODS`)."""
+    module, _, cls = METHODS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)()

@@ -1,0 +1,69 @@
+"""Preference tuning (DPO, IPO, SimPO, ORPO) as a training method: pair corpora, llt's
+forward returning each trained target's loss, whole pairs per micro-batch, and
+`PreferenceTrainer` with the reference its flags imply: none for SimPO and ORPO; the model
+with its LoRA adapter disabled (no second model in memory); log-probs computed once
+(`--precompute_ref_logps`); or, for a full fine-tune without them, a frozen copy of the
+starting model.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from llt.errors import ConfigError, DataError
+from llt.train.methods import RunArgs, TrainingMethod
+from llt.train.preference.config import PreferenceArguments
+
+
+class Preference(TrainingMethod):
+    command = "llt dpo"
+    arguments = (PreferenceArguments,)
+
+    def check_flags(self, run: RunArgs) -> None:
+        """The pair log-probs come from llt's own forward (`llt.model.loss`): a flag that
+        replaces it would leave the loss without them."""
+        pref, args = run.extra[0], run.train
+        if not run.model.chunked_loss:
+            raise ConfigError("--chunked_loss false: llt dpo computes the completions' log-probs with llt's "
+                              "chunked loss (the same values as full logits); drop the flag")
+        if args.use_liger_kernel:
+            raise ConfigError("--use_liger_kernel: Liger's fused loss returns one mean loss, and llt dpo needs "
+                              "each completion's log-probs; drop the flag")
+        if pref.needs_reference and not run.lora.use_lora and not pref.precompute_ref_logps \
+                and _zero_stage(args) == 3:
+            raise ConfigError("--pref_loss with a reference under ZeRO-3 and no LoRA: a frozen copy of a "
+                              "partitioned model is not supported; add --precompute_ref_logps (computed "
+                              "once before training) or --use_lora")
+
+    def check_corpora(self, data) -> None:
+        kinds = {h.get("encode_type") for h in data.dataset.headers}
+        if kinds != {"preference"}:
+            raise DataError(f"recipes/dpo.py trains on preference pairs (llt encode --encode_type preference); "
+                            f"--data_path holds {', '.join(sorted(map(str, kinds - {'preference'})))} corpora")
+
+    def install_loss(self, model, run: RunArgs, n_groups: int) -> bool:
+        from llt.model.loss import supports_chunked_loss, use_chunked_loss
+
+        reason = supports_chunked_loss(model)
+        if reason:
+            raise ConfigError(f"--model_path {run.model.model_path}: llt dpo reads log-probs through llt's "
+                              f"chunked loss, which this model cannot use: {reason}")
+        use_chunked_loss(model)
+        return False  # the loss is per pair, not per corpus
+
+    def collator_options(self) -> dict:
+        return {"pairs": True}
+
+    def trainer(self, run: RunArgs, model, common: dict):
+        from llt.train.preference.trainer import PreferenceTrainer
+
+        pref, args = run.extra[0], run.train
+        ref_model = None
+        if pref.needs_reference and not run.lora.use_lora and not pref.precompute_ref_logps:
+            ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(args.device)
+        return PreferenceTrainer(**common, pref=pref, ref_model=ref_model, model_path=run.model.model_path)
+
+
+def _zero_stage(args) -> int:
+    cfg = getattr(args, "hf_deepspeed_config", None)
+    return int(cfg.config.get("zero_optimization", {}).get("stage", 0)) if cfg is not None else 0

@@ -1,0 +1,69 @@
+"""A training command from argv to its exit code, for every method: build the trainer,
+train, say how it ended, and leave the process group whatever happened.
+
+    llt train ...   /  recipes/sft.py ...   ->  run("train", argv)
+    llt dpo ...     /  recipes/dpo.py ...   ->  run("dpo", argv)
+"""
+
+from __future__ import annotations
+
+import sys
+
+from llt.errors import LltError
+
+
+def run(method: str, argv: list[str] | None = None) -> int:
+    """Exit code 0 when training ended (done, preempted with a checkpoint, or already
+    finished), 2 on bad input (one line on stderr, no traceback)."""
+    from llt.train.build import build_trainer
+    from llt.train.methods import get_method
+
+    impl = get_method(method)
+    try:
+        try:
+            trainer = build_trainer(argv, impl)
+        except LltError as e:
+            print(f"{impl.command}: error: {e}", file=sys.stderr)
+            return 2
+        return _train(trainer, trainer.args, impl.command)
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Every rank waits for the others, then the process group is torn down (on the error
+    path too). A rank that exits while another is still writing reports would otherwise
+    take gloo's threads down mid-use ("terminate called without an active exception",
+    seen once in CI)."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def _train(trainer, args, command: str) -> int:
+    """Train, then say how it ended; 0 unless the DeepSpeed JSON contradicts the flags."""
+    try:
+        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    except ValueError as e:
+        # Values HF can only check once the schedule is known (warmup, total steps).
+        if "DeepSpeed config values that mismatch" not in str(e):
+            raise
+        print(f"{command}: error: --deepspeed_config_path {args.deepspeed}: {e}", file=sys.stderr)
+        return 2
+    if trainer.already_finished is not None:
+        print(f"{command}: {args.resume_from_checkpoint} is at step {trainer.already_finished}, the "
+              "last step of this run; nothing to train (raise --max_steps or --max_epochs to go on)")
+        return 0
+    preempt = trainer.preemption
+    if preempt.stopped_at is not None:
+        if args.should_save:
+            import signal
+            name = signal.Signals(preempt.received).name if preempt.received else "a signal on another rank"
+            print(f"{command}: stopped by {name} after step {preempt.stopped_at}; "
+                  f"resumable checkpoint saved; continue with --load_ckpt_path {args.output_dir}")
+        return 0
+    if args.should_save:
+        print(f"{command}: done; run folder {args.output_dir}")
+    return 0
