@@ -15,8 +15,7 @@ The chat encoder's rule (`llt.encode.chat.rule`) is correct on its own; the laye
 it only make it faster. Each variant runs `llt encode --encode_type chat` as a user does
 (a subprocess) with one layer switched off by a patch applied before the command starts:
 
-* `no_plans`: every conversation through the rule itself (no shape plans, no raw-record path);
-* `no_raw_records`: shape plans, but every record read into `Message`s first;
+* `no_plans`: every conversation through the rule itself (no shape plans);
 * `no_joins`: every prompt and turn tokenized as a text of its own (`chat.joins` off);
 * `no_newline_joins`: joins after hard special tokens only;
 * `no_attr_cache`: the stock sandbox's attribute checks on every access (`CachedSandbox` off);
@@ -45,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from chat_encode import ALPACA, FIXTURES, conversations  # noqa: E402
 from encode import TOKENIZER  # noqa: E402
 
-VARIANTS = ["all", "no_plans", "no_raw_records", "no_joins", "no_newline_joins", "no_attr_cache",
+VARIANTS = ["all", "no_plans", "no_joins", "no_newline_joins", "no_attr_cache",
             "no_shared_context"]
 
 
@@ -58,9 +57,6 @@ def switch_off(variant: str) -> None:
 
     if variant == "no_plans":
         plans.ShapePlans.samples = lambda self, conv, start=0: None
-        plans.ShapePlans.raw_samples = lambda self, msgs: None
-    elif variant == "no_raw_records":
-        plans.ShapePlans.raw_samples = lambda self, msgs: None
     elif variant == "no_joins":
         joins.Joiner._cut = lambda self, segs, start, j, counts: None
     elif variant == "no_newline_joins":

@@ -42,6 +42,6 @@ def test_chat_layers_measures_every_layer_at_builder_level():
     out = json.loads(proc.stdout)
     figures = out["templates"]["qwen2.5"]
     assert out["level"] == "builder" and set(figures) == {
-        "all", "no_plans", "no_raw_records", "no_joins", "no_newline_joins", "no_attr_cache", "no_shared_context"}
+        "all", "no_plans", "no_joins", "no_newline_joins", "no_attr_cache", "no_shared_context"}
     assert all(f["cpu_s"] > 0 and f["slowdown"] > 0 for f in figures.values())
     assert figures["all"]["slowdown"] == 1.0

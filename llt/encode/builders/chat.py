@@ -35,20 +35,9 @@ class ChatBuilder(Builder):
             return Conversation([Message("user", q), Message("assistant", a)], None)
         return read_conversation(rec, self.names.messages, self.names.tools, say)
 
-    def _plain(self, rec) -> list | None:
-        """A record of plain text messages and no tools, by its shape's plan (or None)."""
-        msgs = rec if type(rec) is list else rec.get(self.names.messages) if type(rec) is dict else None
-        if type(msgs) is not list or (type(rec) is dict and rec.get(self.names.tools) is not None):
-            return None
-        return self.chat.plain_samples(msgs)
-
     def samples(self, records: list, where: Where) -> SampleBatch | None:
         layout = []  # (record position, ChatSample) per sample
-        plain = not self.from_qa
         for k, rec in enumerate(records):
-            if plain and (samples := self._plain(rec)) is not None:
-                layout += [(k, s) for s in samples]
-                continue
             conv = self._conversation(rec, where, k)
             if not any(m.role == "assistant" and (m.content or m.reasoning or m.tool_calls)
                        for m in conv.messages):

@@ -30,11 +30,3 @@ class ChatEncoder:
             return out
         self.exact += 1
         return turn_samples(self.template, conv, self.options, say, start)
-
-    def plain_samples(self, msgs: list) -> list[ChatSample] | None:
-        """A record's raw `messages` by its shape's plan, when they are plain
-        `{"role", "content": str}` dicts (see `ShapePlans.raw_samples`); else None."""
-        out = self.plans.raw_samples(msgs)
-        if out is not None:
-            self.planned += 1
-        return out

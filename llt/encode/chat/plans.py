@@ -8,10 +8,6 @@ record's samples are the plan's texts with its own texts put in. Each record is 
 rendered once, whole, and must equal the plan's render filled the same way; any
 difference (a template that trims, splits or tests the text) sends that record through
 the rule itself. `llt inspect --check` re-renders sampled records turn by turn.
-
-Records of exactly `{"role", "content": str}` messages and no tools (the commonest SFT
-record) go to their plan straight from the JSON, without building `Message`s
-(`ShapePlans.raw_samples`).
 """
 
 from __future__ import annotations
@@ -19,10 +15,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from llt.encode.chat.messages import ROLES, Conversation, Message
+from llt.encode.chat.messages import Conversation, Message
 from llt.encode.chat.rule import ChatOptions, ChatSample, turn_samples
 
-_ROLES = frozenset(ROLES)
 _SLOT = re.compile("\ue000(\\d+)\ue001")  # a placeholder: private-use characters around a number
 _MAX_SHAPES = 4096  # shapes are few in real data; bound the memory anyway
 
@@ -76,25 +71,6 @@ class ShapePlans:
             return None
         shape = (start, *((m.role, bool(m.content), bool(m.reasoning)) for m in conv.messages))
         return self._fill(shape, values, self.template.to_dicts(conv.messages))
-
-    def raw_samples(self, msgs: list) -> list[ChatSample] | None:
-        """The samples of a record's raw `messages` when every message is exactly
-        `{"role", "content": str}`, some assistant content is non-empty and the record has
-        no tools; None otherwise (the caller reads the record properly, which checks and
-        names what is wrong)."""
-        values, shape, answered = [], [0], False
-        for m in msgs:
-            if type(m) is not dict or len(m) != 2:
-                return None
-            role, content = m.get("role"), m.get("content")
-            if type(role) is not str or type(content) is not str or role not in _ROLES or "\ue000" in content:
-                return None
-            answered = answered or (role == "assistant" and bool(content))
-            values += (content, "")
-            shape.append((role, bool(content), False))
-        # the record's own dicts are what to_dicts would build ({role, content}); a template
-        # that reads their key order differently renders unlike the plan and falls back
-        return self._fill(tuple(shape), values, msgs) if answered else None
 
     def _fill(self, shape: tuple, values: list[str], dicts: list[dict]) -> list[ChatSample] | None:
         """The shape's plan filled with `values`, if its render equals the record's own."""
