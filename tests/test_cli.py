@@ -53,10 +53,14 @@ def test_errors_are_one_clear_line_without_traceback(tmp_path, tiny_tok_dir, cap
     assert r.returncode == 2
     assert r.stderr.splitlines()[-1].startswith("llt encode: error: --data_loader_path")
     assert "Traceback" not in r.stderr and ", done" not in r.stderr  # a progress line, if any, says stopped
-    with pytest.raises(SystemExit) as e:
-        llt_here(capsys, "encode", "--tokenizer_path", tiny_tok_dir, "--corpus_name", "c",
+    r = llt_here(capsys, "encode", "--tokenizer_path", tiny_tok_dir, "--corpus_name", "c",
                  "--output_path", tmp_path / "out", "--input_path", "x.jsonl", "--no_such_flag", "1")
-    assert e.value.code == 2 and "--no_such_flag" in capsys.readouterr().err
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "llt encode: error: unrecognized arguments: --no_such_flag 1 (see --help)"]
+    r = llt_here(capsys, "encode", "--tokenizer_path", tiny_tok_dir, "--corpus_name", "c",
+                 "--output_path", tmp_path / "out", "--input_path", "x.jsonl", "--num_workers", "two")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "llt encode: error: --num_workers: two is not an integer"]
 
 
 @pytest.mark.slow

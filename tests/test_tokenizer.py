@@ -46,7 +46,8 @@ def test_encode_flags_parse_like_hf_argument_parser():
                                         "--corpus_name", "c", "--data_loader_path", "l.py",
                                         "--merge_data", "True"], "llt encode")
     assert args.merge_data is True and args.data_loader_path == "l.py" and args.input_path == []
-    with pytest.raises(SystemExit):
+    from llt.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"^--encode_type: poems is not one of pretrain, qa, chat, preference$"):
         parse_dataclass(EncodeArgs, ["--tokenizer_path", "t", "--encode_type", "poems"], "llt encode")
 
 

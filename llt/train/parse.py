@@ -12,22 +12,40 @@ dataclasses are built, so nothing rewrites the arguments afterwards.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import sys
+import typing
 
 import yaml
 from transformers import HfArgumentParser
 
 from llt.errors import ConfigError
+from llt.flags import OneLineErrors, check_flags
 from llt.resources import user_or_shipped
 from llt.train.config import DataArguments, LltTrainingArguments, LoraArguments, ModelArguments, cpu_only_launch
 from llt.train.methods import RunArgs
+from llt.values import WrongType, coerce
 
 DATACLASSES = (ModelArguments, DataArguments, LoraArguments, LltTrainingArguments)
 
 
+class _Parser(OneLineErrors, HfArgumentParser):
+    """HfArgumentParser whose errors are one line (a `ConfigError`), not the usage text."""
+
+
 def build_parser(extra: tuple = ()) -> HfArgumentParser:
-    return HfArgumentParser(DATACLASSES + tuple(extra))
+    return _Parser(DATACLASSES + tuple(extra))
+
+
+def field_types(extra: tuple = ()) -> dict:
+    """Each flag's destination -> its field's declared type, over the four groups and
+    `extra` (HF rewrites `Field.type` in place, so the hints are read from the classes)."""
+    kinds = {}
+    for cls in DATACLASSES + tuple(extra):
+        hints = typing.get_type_hints(cls)
+        kinds.update({f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init})
+    return kinds
 
 
 def _split_config(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -70,7 +88,18 @@ def read_recipe(path: str, parser: HfArgumentParser) -> dict:
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
         raise ConfigError(f"--config {path}: unknown key(s) {', '.join(unknown)}{hint}; "
                           "every key must be a training flag (see --help)")
-    return {dest[k]: v for k, v in data.items()}
+    kinds = field_types_of(parser)
+    checked = {}
+    for key, value in data.items():
+        try:
+            checked[dest[key]] = coerce(kinds[dest[key]], value) if dest[key] in kinds else value
+        except WrongType as e:
+            raise ConfigError(f"{path}: {key}: {e}") from None
+    return checked
+
+
+def field_types_of(parser) -> dict:
+    return field_types(tuple(t for t in parser.dataclass_types if t not in DATACLASSES))
 
 
 def unknown_flag_message(parser, remaining: list[str]) -> str:
@@ -98,6 +127,7 @@ def parse_args(argv: list[str] | None = None, extra: tuple = ()):
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(extra)
     config, rest = _split_config(argv)
+    check_flags(rest, parser, field_types(extra))
     recipe = read_recipe(config, parser) if config else {}
     parser.set_defaults(**recipe)
     parser.set_defaults(**eval_defaults(recipe, rest))
