@@ -22,14 +22,16 @@ REQUIRED = ["--model_path", "m", "--data_path", "d"]
 
 def _fields():
     """(method, field name, declared type) of every field a training command reads."""
+    from llt.train.parse import field_types
+
     seen = set()
     for name in METHODS:
+        kinds = field_types(get_method(name).arguments)  # the declared types, or a recipe's richer form
         for cls in DATACLASSES + tuple(get_method(name).arguments):
-            hints = typing.get_type_hints(cls)
             for f in dataclasses.fields(cls):
                 if f.init and (cls, f.name) not in seen:
                     seen.add((cls, f.name))
-                    yield name, f.name, hints[f.name]
+                    yield name, f.name, kinds[f.name]
 
 
 def _members(kind):
@@ -54,6 +56,8 @@ def _wrong(kind, rng: random.Random) -> list:
         bad = [[1], {"a": 1}, True]
     elif plain == {list}:
         bad = [{"a": 1}, True, [{"a": 1}], [[1]]]
+    elif plain == {list, dict}:  # corpora: a list of `[name=]path[:weight]` or a mapping
+        bad = [True, [{"a": 1}], [[1]]]
     elif plain <= {dict, str}:
         bad = [[1], True, 5, 0.5]
     elif plain <= {str, list}:

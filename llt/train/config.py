@@ -58,6 +58,13 @@ class ModelArguments:
                     "under DeepSpeed ZeRO-3 (which partitions parameters of one dtype)"})
 
 
+# Fields a YAML recipe may give in a richer form than their flag: corpora as a mapping,
+# `{name: path[:weight]}` or `{name: {path: P, weight: W}}` (llt.data.corpora). The recipe
+# check (llt.values) reads these types instead of the declared ones; HF's parser, which
+# takes one type a flag, keeps the declared `list[str]`.
+RECIPE_TYPES = {"data_path": list[str] | dict | None, "eval_data_path": list[str] | dict | None}
+
+
 @dataclass
 class DataArguments:
     data_path: list[str] | None = field(default=None, metadata={

@@ -23,7 +23,8 @@ from transformers import HfArgumentParser
 from llt.errors import ConfigError
 from llt.flags import OneLineErrors, check_flags
 from llt.resources import user_or_shipped
-from llt.train.config import DataArguments, LltTrainingArguments, LoraArguments, ModelArguments, cpu_only_launch
+from llt.train.config import (RECIPE_TYPES, DataArguments, LltTrainingArguments, LoraArguments, ModelArguments,
+                              cpu_only_launch)
 from llt.train.methods import RunArgs
 from llt.values import WrongType, coerce
 
@@ -45,7 +46,7 @@ def field_types(extra: tuple = ()) -> dict:
     for cls in DATACLASSES + tuple(extra):
         hints = typing.get_type_hints(cls)
         kinds.update({f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init})
-    return kinds
+    return kinds | RECIPE_TYPES
 
 
 def _split_config(argv: list[str]) -> tuple[str | None, list[str]]:
