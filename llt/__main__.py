@@ -2,7 +2,11 @@
 
 import sys
 
-from llt.cli import main
+try:
+    from llt.cli import main
+except KeyboardInterrupt:  # Ctrl-C while Python was still importing llt: nothing was done
+    print("llt: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,6 +25,7 @@ from __future__ import annotations
 import sys
 
 from llt.errors import LltError
+from llt.interrupt import exit_code, exit_on_signals
 
 USAGE = __doc__.split("\n\n", 1)[1]
 
@@ -63,6 +64,13 @@ def _inspect(argv: list[str]) -> int:
     return _run_module(MODULES["inspect"], argv)
 
 
+# Commands that give SIGTERM (and SIGINT) a meaning of their own: training saves a
+# preemption checkpoint (llt.train.callbacks), `llt launch` forwards them.
+SIGNALS_OWN = {"train", "dpo", "launch", "quickstart"}
+# What an interrupted command left, said after "interrupted".
+INTERRUPTED = {"encode": "nothing was left under a final shard name",
+               "export": "nothing was left under --out"}
+
 COMMANDS = {"encode": _encode, **{name: (lambda argv, t=t: _run_module(t, argv)) for name, t in MODULES.items()},
             "inspect": _inspect}
 
@@ -73,14 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: llt COMMAND [ARGS]\n\n" + USAGE, file=sys.stderr if argv else sys.stdout)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     try:
-        return COMMANDS[argv[0]](argv[1:])
+        if argv[0] in SIGNALS_OWN:
+            return COMMANDS[argv[0]](argv[1:])
+        with exit_on_signals():
+            return COMMANDS[argv[0]](argv[1:])
     except LltError as e:
         print(f"llt {argv[0]}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"llt {argv[0]}: interrupted; nothing was left under a final shard name",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        note = getattr(e, "note", None) or INTERRUPTED.get(argv[0], "")
+        print(f"llt {argv[0]}: interrupted{'; ' + note if note else ''}", file=sys.stderr)
+        return exit_code(e)
 
 
 if __name__ == "__main__":

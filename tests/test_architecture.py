@@ -27,7 +27,7 @@ ALLOWED = {
     "train": {"shards", "data", "model", "runs"},
 }
 ENTRY_POINTS = {"llt.cli", "llt.quickstart", "llt.__main__"}
-BASE = {"llt", "llt.errors", "llt.fsutil", "llt.flags", "llt.values", "llt.progress", "llt.resources", "llt.tokenizer_loader",
+BASE = {"llt", "llt.errors", "llt.fsutil", "llt.flags", "llt.values", "llt.interrupt", "llt.progress", "llt.resources", "llt.tokenizer_loader",
         "llt.toy"}
 
 

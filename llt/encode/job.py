@@ -37,6 +37,7 @@ from llt.encode.sources import find_inputs, plan_parts, stream_records
 from llt.encode.summary import write_manifest
 from llt.encode.tokenizer_info import TokenizerInfo
 from llt.errors import LltError
+from llt.interrupt import deferred
 from llt.shards.fingerprint import vocab_fingerprint
 from llt.shards.format import choose_dtype
 from llt.shards.manifest import PARTIAL_DIR
@@ -95,8 +96,17 @@ def start_workers(args: EncodeArgs) -> _Run:
     # own, so a worker orphaned by a killed run can never write into this run's files.
     shutil.rmtree(corpus_dir / PARTIAL_DIR, ignore_errors=True)
     tmp_dir = corpus_dir / PARTIAL_DIR / f"run-{os.getpid()}-{time.time_ns()}"
+    made = not corpus_dir.exists()
     tmp_dir.mkdir(parents=True)
+    try:
+        return _start(args, tok, info, dtype, chat, encoder, inputs, corpus_dir, old, tmp_dir, t0)
+    except BaseException:  # an error or Ctrl-C while loading a dataset: leave no trace
+        with deferred():
+            _remove_partial(corpus_dir, made)
+        raise
 
+
+def _start(args, tok, info, dtype, chat, encoder, inputs, corpus_dir, old, tmp_dir, t0) -> _Run:
     n_workers = args.num_workers or _available_cores()
     loaded, streams = hub_parts(args, inputs, n_workers)
     groups = plan_parts([i for i in inputs if i[0] in ("jsonl", "parquet", "hf")], n_workers, args.split, loaded)
@@ -225,10 +235,13 @@ def finish(run: _Run, done: dict[int, tuple]) -> dict:
     for k in range(len(run.procs)):
         stats.add(done[k][2])
         shards += done[k][3]
-    entries = _finalize(run.corpus_dir, run.args.corpus_name, shards, run.old_files)
-    shutil.rmtree(run.corpus_dir / PARTIAL_DIR, ignore_errors=True)
-    return write_manifest(run.corpus_dir, args=asdict(run.args), info=run.info, dtype=run.dtype,
-                          stats=stats, shards=entries, seconds=time.time() - run.started, chat=run.chat)
+    # Renames and the manifest take milliseconds; a signal meanwhile is raised after them,
+    # so the folder is never left with final names and no summary.json.
+    with deferred(note=f"after the corpus was complete: {run.corpus_dir} (summary.json written)"):
+        entries = _finalize(run.corpus_dir, run.args.corpus_name, shards, run.old_files)
+        shutil.rmtree(run.corpus_dir / PARTIAL_DIR, ignore_errors=True)
+        return write_manifest(run.corpus_dir, args=asdict(run.args), info=run.info, dtype=run.dtype,
+                              stats=stats, shards=entries, seconds=time.time() - run.started, chat=run.chat)
 
 
 def _check_alive(run: _Run, done: dict) -> None:
@@ -240,12 +253,27 @@ def _check_alive(run: _Run, done: dict) -> None:
 
 
 def _abandon(run: _Run) -> None:
-    """A failed or interrupted run: stop the workers and leave no trace of this run."""
-    for p in run.procs:
-        p.kill()
-    shutil.rmtree(run.corpus_dir / PARTIAL_DIR, ignore_errors=True)
-    if run.corpus_dir.is_dir() and not any(run.corpus_dir.iterdir()):
-        run.corpus_dir.rmdir()  # it was made for this run
+    """A failed or interrupted run: stop the workers and leave no trace of this run (a
+    second Ctrl-C waits for this: it takes milliseconds)."""
+    with deferred():
+        for p in run.procs:
+            p.kill()
+        # The parent holds both ends of each queue: a feeder thread blocked writing to a
+        # killed worker's full pipe would hold the exit forever (Python joins those
+        # threads at exit). Dropping what they hold is right: nobody will read it.
+        for q in [*run.inboxes, run.results]:
+            if q is not None:
+                q.cancel_join_thread()
+        for p in run.procs:
+            p.join(timeout=5)
+        _remove_partial(run.corpus_dir, made=True)
+
+
+def _remove_partial(corpus_dir: Path, made: bool) -> None:
+    """Remove this run's partial folder, and the corpus folder when it is left empty."""
+    shutil.rmtree(corpus_dir / PARTIAL_DIR, ignore_errors=True)
+    if made and corpus_dir.is_dir() and not any(corpus_dir.iterdir()):
+        corpus_dir.rmdir()  # it was made for this run
 
 
 def _prepare_output(corpus_dir: Path, name: str, overwrite: bool) -> list[Path]:

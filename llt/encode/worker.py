@@ -57,7 +57,13 @@ def _die_with_parent(parent_pid: int) -> None:
 
     Without it an orphaned worker blocks forever on its queue (it holds the pipe's write
     end itself, so it never sees EOF). Elsewhere the per-batch `getppid` check is all.
+
+    Ctrl-C and SIGTERM are ignored: they reach the whole process group, and the parent
+    alone decides, killing the workers as it cleans up; a worker that died of one first
+    would be reported as a crash, and one that raised would race the parent's cleanup.
     """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     try:
         import ctypes
 

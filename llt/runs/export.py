@@ -24,6 +24,7 @@ import torch
 
 from llt.errors import CheckpointError
 from llt.fsutil import replace_dir
+from llt.interrupt import deferred
 from llt.runs.load import Loaded, grow_for_tokenizer, load_checkpoint
 
 EXPORT_INFO = "llt_export.json"
@@ -41,6 +42,21 @@ def export(src: str, out: str | Path, dtype: str = "auto", merge: bool = True, b
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    try:
+        _write(loaded, staging, max_shard_size, merge, check)
+    except BaseException:  # an error or Ctrl-C: the half-written folder goes too
+        with deferred():
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    with deferred(note=f"after the export was complete: {out}"):
+        replace_dir(staging, out, trash=out.parent / f".{out.name}.replaced")
+    info = json.loads((out / EXPORT_INFO).read_text())
+    info["files"] = sorted(p.name for p in out.iterdir())
+    return info
+
+
+def _write(loaded, staging: Path, max_shard_size: str, merge: bool, check: bool) -> None:
+    """The model, tokenizer and export_info.json into `staging`."""
     loaded.model.save_pretrained(str(staging), safe_serialization=True, max_shard_size=max_shard_size)
     loaded.tokenizer.save_pretrained(str(staging))
     info = {"source": str(loaded.checkpoint.resolve()), "kind": loaded.kind, "merged": merge or loaded.kind != "lora",
@@ -57,9 +73,6 @@ def export(src: str, out: str | Path, dtype: str = "auto", merge: bool = True, b
         if quantized is not None:
             info["check_against_quantized_base"] = quantized
     (staging / EXPORT_INFO).write_text(json.dumps(info, indent=1))
-    replace_dir(staging, out, trash=out.parent / f".{out.name}.replaced")
-    info["files"] = sorted(p.name for p in out.iterdir())
-    return info
 
 
 def probe_ids(tokenizer) -> torch.Tensor:

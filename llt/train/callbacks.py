@@ -220,15 +220,17 @@ class SaveScheduleCallback(TrainerCallback):
 
 
 class PreemptionCallback(TrainerCallback):
-    """On SIGTERM or SIGUSR1 (what SLURM and Kubernetes send before killing a job), finish
-    the current optimizer step, save a resumable checkpoint and stop.
+    """On SIGTERM or SIGUSR1 (what SLURM and Kubernetes send before killing a job), or
+    Ctrl-C (SIGINT), finish the current optimizer step, save a resumable checkpoint and
+    stop. A second Ctrl-C raises `KeyboardInterrupt` at once: the user chose not to wait
+    (the newest complete checkpoint stays; a save it cuts short is never loaded).
 
     The signal may reach one rank only; the flag is all-reduced at every step end so that
     all ranks stop at the same step and take part in the same save. `stopped_at` is what
     the trainer reads to make that save resumable (`LltTrainer.force_resumable`).
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     def __init__(self):
         self.received: int | None = None
@@ -236,13 +238,16 @@ class PreemptionCallback(TrainerCallback):
         self._previous: dict = {}
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt
         self.received = signum
 
     def on_train_begin(self, args, state, control, **kw):
         import threading
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # a background job keeps ignoring Ctrl-C
+                    self._previous[sig] = signal.signal(sig, self._handle)
             # Under `llt launch`, say which processes train: the signal goes to them, not to
             # a launcher that would quit (or kill them) before the checkpoint is saved.
             import os

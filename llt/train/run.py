@@ -19,6 +19,7 @@ def run(method: str, argv: list[str] | None = None) -> int:
     from llt.train.methods import get_method
 
     impl = get_method(method)
+    interrupted = False
     try:
         try:
             trainer = build_trainer(argv, impl)
@@ -26,8 +27,17 @@ def run(method: str, argv: list[str] | None = None) -> int:
             print(f"{impl.command}: error: {e}", file=sys.stderr)
             return 2
         return _train(trainer, trainer.args, impl.command)
+    except KeyboardInterrupt:
+        # Ctrl-C before training began, or a second one during it (the first asks for a
+        # checkpoint: llt.train.callbacks.PreemptionCallback). Other ranks get it too (it
+        # goes to the process group), so nobody waits at the barrier below.
+        interrupted = True
+        print(f"{impl.command}: interrupted; exited without a new checkpoint (the newest complete "
+              "one, if any, is kept)", file=sys.stderr, flush=True)
+        return 130
     finally:
-        _leave_process_group()
+        if not interrupted:
+            _leave_process_group()
 
 
 def _leave_process_group() -> None:
