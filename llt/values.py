@@ -29,7 +29,7 @@ _BOOL_WORDS = {"1": True, "true": True, "yes": True, "y": True, "t": True,
                "0": False, "false": False, "no": False, "n": False, "f": False}
 _NEEDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
           dict: "a mapping"}
-_PLURAL = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+_PLURAL = {bool: "booleans", int: "integers", float: "numbers", str: "strings", dict: "mappings"}
 
 
 class WrongType(ValueError):
@@ -119,8 +119,9 @@ def need_of(kind) -> str:
     for m in _members(kind)[0]:
         plain = _plain(m)
         if plain is list:
-            args = typing.get_args(m)
-            words.append(f"a list of {_PLURAL.get(args[0], 'values')}" if args else "a list")
+            items = _members(typing.get_args(m)[0])[0] if typing.get_args(m) else []
+            kinds = " or ".join(_PLURAL.get(_plain(i), "values") for i in items)
+            words.append(f"a list of {kinds}" if kinds else "a list")
         elif plain in _NEEDS:
             words.append(_NEEDS[plain])
     return " or ".join(dict.fromkeys(words)) or "a value"

@@ -398,3 +398,20 @@ def test_the_methods_are_peers_listed_once():
 
     assert {name: type(get_method(name)) for name in METHODS} == {"train": SFT, "dpo": Preference}
     assert get_method("dpo").collator_options() == {"pairs": True} and get_method("train").collator_options() == {}
+
+
+def test_a_user_callback_sees_dpo_metrics_and_stops_the_run(tmp_path, tiny_model_dir, pair_corpus):
+    """Callbacks named with --callbacks work for every method: here DPO's metrics reach them."""
+    cb = tmp_path / "cb.py"
+    cb.write_text("import json\nfrom transformers import TrainerCallback\n\n"
+                  "class Rec(TrainerCallback):\n    def __init__(self, out):\n        self.out = out\n\n"
+                  "    def on_log(self, args, state, control, logs=None, **kw):\n"
+                  "        open(self.out, 'a').write(json.dumps(logs) + '\\n')\n"
+                  "        control.should_training_stop = state.global_step >= 2\n")
+    log = tmp_path / "log.jsonl"
+    assert _dpo(["--model_path", str(tiny_model_dir), "--data_path", str(pair_corpus), "--use_lora", "true",
+                 "--output_path", str(tmp_path / "runs"), "--max_steps", "6",
+                 "--callbacks", f'{cb}:Rec={{"out": "{log}"}}']) == 0
+    rows = [json.loads(x) for x in log.read_text().splitlines() if '"loss"' in x]
+    assert len(rows) == 2 and all("rewards/accuracies" in r and "trained_tokens_per_second" in r for r in rows)
+    assert [c.name for c in (run_folder(tmp_path / "runs")).glob("checkpoint-*")] == ["checkpoint-2"]

@@ -56,8 +56,8 @@ def _wrong(kind, rng: random.Random) -> list:
         bad = [[1], {"a": 1}, True]
     elif plain == {list}:
         bad = [{"a": 1}, True, [{"a": 1}], [[1]]]
-    elif plain == {list, dict}:  # corpora: a list of `[name=]path[:weight]` or a mapping
-        bad = [True, [{"a": 1}], [[1]]]
+    elif plain == {list, dict}:  # corpora or callbacks: a list of names, or a mapping
+        bad = [True, [[1]], [True]]
     elif plain <= {dict, str}:
         bad = [[1], True, 5, 0.5]
     elif plain <= {str, list}:

@@ -8,8 +8,8 @@ the run folder's name), `run` (argv -> build, train, exit code, process-group te
 `checks` (start-up verification), `trainer` (`LltTrainer`), `hf_hooks` (its only
 private-hook overrides), `resume` (exact resume as plain functions), `checkpointing`
 (atomic saves, rotation), `evaluate` (the held-out loss), `callbacks` (throughput, mix,
-loss report, save schedule, preemption, progress lines), `report` (the run folder's
-records).
+loss report, save schedule, preemption, progress lines), `user_callbacks` (the user's own,
+named in a recipe), `report` (the run folder's records).
 
 The methods, a folder each: `sft` (supervised fine-tuning and continued pre-training,
 `llt train`, recipes/sft.py) and `preference` (DPO, IPO, SimPO, ORPO: `llt dpo`,

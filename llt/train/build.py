@@ -39,12 +39,15 @@ def build(run: RunArgs, method: TrainingMethod):
     from llt.train.callbacks import CorpusMixCallback, PreemptionCallback, ThroughputCallback, peak_tflops
     from llt.train.checks import adopt_chat_template, check_data_fits, check_world, verify_on_local_main
     from llt.train.setup import prepare_run
+    from llt.train.user_callbacks import load_callbacks
     from transformers import set_seed
 
     model_args, data_args, lora_args, args = run.model, run.data, run.lora, run.train
     prepare_run(args)
     check_world(args)
     method.check_flags(run)
+    preemption = PreemptionCallback()
+    user_callbacks = load_callbacks(args.callbacks, preemption.fail)  # before any data work
     tokenizer, new_ids = load_training_tokenizer(model_args)
     quantization = quantization_config(model_args, args, lora_args.use_lora)  # fails before any data work
     # Seed now, not only in Trainer.__init__ (after the model exists): LoRA's A matrices are
@@ -65,9 +68,8 @@ def build(run: RunArgs, method: TrainingMethod):
     if lora_args.use_lora:
         model = apply_lora(model, lora_args, new_ids)
     mix = CorpusMixCallback(data.names) if data.dataset.n_corpora > 1 else None
-    preemption = PreemptionCallback()
     common = dict(model=model, args=args, train_dataset=data.dataset, processing_class=tokenizer,
-                  data_collator=collator, callbacks=_callbacks(args, preemption),
+                  data_collator=collator, callbacks=_callbacks(args, preemption, user_callbacks),
                   shuffle_data=data_args.shuffle_data, throughput=throughput, plan=data.plan,
                   eval_dataset=data.eval_set, mix=mix, preemption=preemption, group_loss=group_loss)
     trainer = method.trainer(run, model, common)
@@ -91,13 +93,15 @@ def _ready(trainer, meters: list, data, model, groups: dict):
     return trainer
 
 
-def _callbacks(args, preemption) -> list:
+def _callbacks(args, preemption, user: list) -> list:
+    """llt's callbacks, then the user's (they see llt's figures), then the save schedule
+    (it saves when any of them stops the run)."""
     from llt.train.callbacks import LossReportCallback, ProgressLineCallback, SaveScheduleCallback
 
-    callbacks = [LossReportCallback(), SaveScheduleCallback(args.save_epochs, args.save_final), preemption]
+    callbacks = [LossReportCallback(), preemption]
     if getattr(args, "progress_lines", False):
         callbacks.append(ProgressLineCallback())
-    return callbacks
+    return callbacks + user + [SaveScheduleCallback(args.save_epochs, args.save_final)]
 
 
 def save_config(folder: str, **groups) -> Path:

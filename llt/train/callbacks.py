@@ -3,6 +3,17 @@ preemption.
 
 Cross-cutting behaviour lives here rather than in `LltTrainer`, which only feeds the
 throughput and mix meters the batches it trains on.
+
+Public: `ThroughputCallback`, `LossReportCallback`, `ProgressLineCallback` and
+`PreemptionCallback` also work in a plain `transformers.Trainer` on any dataset:
+
+    from llt.train.callbacks import LossReportCallback, ThroughputCallback
+    trainer = Trainer(model, args, train_dataset=ds,
+                      callbacks=[ThroughputCallback.for_model(model), LossReportCallback()])
+
+There, throughput comes from HF's own count (`include_num_input_tokens_seen`, which
+`for_model` asks you to set) rather than llt's collator, so it has no trained-token
+figures, and MFU counts the matmul FLOPs only (llt's collator also counts attention's).
 """
 
 from __future__ import annotations
@@ -53,9 +64,20 @@ class ThroughputCallback(TrainerCallback):
         self.counts: torch.Tensor | None = None
         self.totals = [0.0, 0.0, 0.0]
         self.last_time: float | None = None
+        self.fed = False  # llt's collator counts; else HF's num_input_tokens_seen
+        self.hf_seen = 0
+
+    @classmethod
+    def for_model(cls, model, peak: float | None = None) -> "ThroughputCallback":
+        """For a plain `transformers.Trainer`: FLOPs from `model`, the device's peak looked
+        up (or `peak`). Give the Trainer `include_num_input_tokens_seen=True`."""
+        from llt.model.loading import flops_per_token_info
+
+        return cls(flops_per_token_info(model), peak_tflops(peak))
 
     def observe(self, counts: torch.Tensor) -> None:
         """Add a batch's `llt_counts` (trained tokens, input tokens, attention pairs)."""
+        self.fed = True
         self.counts = counts.double() if self.counts is None else self.counts + counts
 
     def on_train_begin(self, args, state, control, **kw):
@@ -63,7 +85,8 @@ class ThroughputCallback(TrainerCallback):
         # A resumed run goes on counting from where the checkpoint's history stopped.
         seen = [e for e in state.log_history if "tokens_seen" in e]
         if seen:
-            self.totals = [seen[-1]["trained_tokens_seen"], seen[-1]["tokens_seen"], 0.0]
+            self.totals = [seen[-1].get("trained_tokens_seen", 0), seen[-1]["tokens_seen"], 0.0]
+        self.hf_seen = int(getattr(state, "num_input_tokens_seen", 0) or 0)
 
     def on_step_end(self, args, state, control, **kw):
         self.step_end = time.perf_counter()
@@ -83,6 +106,15 @@ class ThroughputCallback(TrainerCallback):
             return
         now = time.perf_counter()
         dt, self.last_time = now - self.last_time, now
+        if not self.fed:  # a plain Trainer: HF's count, already summed over ranks
+            seen = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+            tokens, self.hf_seen = seen - self.hf_seen, seen
+            self.totals[1] += tokens
+            figures = {"tokens_per_second": round(tokens / dt, 1), "tokens_seen": int(self.totals[1])}
+            if self.peak:
+                figures["mfu"] = round(6 * self.info["matmul_params"] * tokens / dt
+                                       / (self.peak * 1e12 * max(args.world_size, 1)), 4)
+            return self._record(logs, state, figures)
         counts = self.counts if self.counts is not None else torch.zeros(3, dtype=torch.float64)
         self.counts = None
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -100,6 +132,10 @@ class ThroughputCallback(TrainerCallback):
                  + 12 * self.info["layers"] * self.info["attn_width"] * pairs)
         if self.peak:
             figures["mfu"] = round(flops / dt / (self.peak * 1e12 * max(args.world_size, 1)), 4)
+        self._record(logs, state, figures)
+
+    @staticmethod
+    def _record(logs: dict, state, figures: dict) -> None:
         logs.update(figures)
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(figures)
@@ -199,15 +235,24 @@ class LossReportCallback(TrainerCallback):
 
 class SaveScheduleCallback(TrainerCallback):
     """Saves every `save_epochs` epochs and once at the end (`save_final`), on top of
-    HF's `--save_steps`."""
+    HF's `--save_steps`. The end may come early: a callback that sets
+    `control.should_training_stop` (early stopping, a user's stop file) gets the final
+    checkpoint too, which is why this one runs after the user's callbacks."""
 
     def __init__(self, save_epochs: int = 0, save_final: bool = True):
         self.save_epochs, self.save_final = save_epochs, save_final
         self.last_saved = -1
 
     def on_step_end(self, args, state, control, **kw):
-        if self.save_final and state.global_step >= state.max_steps:
+        if self.save_final and (state.global_step >= state.max_steps or control.should_training_stop):
             control.should_save = True
+
+    def on_log(self, args, state, control, **kw):
+        # HF saves after logging and evaluating in the same step: a stop asked there is in time.
+        if self.save_final and control.should_training_stop and state.global_step != self.last_saved:
+            control.should_save = True
+
+    on_evaluate = on_log
 
     def on_epoch_end(self, args, state, control, **kw):
         done = round(state.epoch or 0)
@@ -235,7 +280,13 @@ class PreemptionCallback(TrainerCallback):
     def __init__(self):
         self.received: int | None = None
         self.stopped_at: int | None = None
+        self.failure: str | None = None  # a user callback's error (llt.train.user_callbacks)
         self._previous: dict = {}
+
+    def fail(self, message: str) -> None:
+        """A user callback raised: stop after this step, with a resumable checkpoint, as on
+        a signal (the first error is the one reported)."""
+        self.failure = self.failure or message
 
     def _handle(self, signum, frame):
         if signum == signal.SIGINT and self.received is not None:
@@ -255,7 +306,7 @@ class PreemptionCallback(TrainerCallback):
                 Path(os.environ["LLT_LAUNCH_DIR"], str(os.getpid())).touch()
 
     def on_step_end(self, args, state, control, **kw):
-        flag = 1.0 if self.received is not None else 0.0
+        flag = 1.0 if self.received is not None or self.failure else 0.0
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             t = torch.tensor([flag], device=args.device)
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)

@@ -62,7 +62,9 @@ class ModelArguments:
 # `{name: path[:weight]}` or `{name: {path: P, weight: W}}` (llt.data.corpora). The recipe
 # check (llt.values) reads these types instead of the declared ones; HF's parser, which
 # takes one type a flag, keeps the declared `list[str]`.
-RECIPE_TYPES = {"data_path": list[str] | dict | None, "eval_data_path": list[str] | dict | None}
+# Callbacks as `[{name: ..., kwargs: {...}}]` or `{name: kwargs}` (llt.train.user_callbacks).
+RECIPE_TYPES = {"data_path": list[str] | dict | None, "eval_data_path": list[str] | dict | None,
+                "callbacks": list[str | dict] | dict | None}
 
 
 @dataclass
@@ -130,6 +132,10 @@ class LltTrainingArguments(TrainingArguments):
         "help": "where logs go besides the console and the run folder: tensorboard (installed with "
                 "llt; events under <run>/runs/), any HF integration installed (wandb, mlflow, ...), "
                 "all, or none"})
+    callbacks: list[str] | None = field(default=None, metadata={
+        "help": "your transformers TrainerCallbacks, each path/to/file.py:Class or package.module:Class, "
+                "optionally =JSON keyword arguments (in a recipe: a list of names or of {name, kwargs}); "
+                "they run after llt's, on every rank (docs/training.md)"})
     remove_unused_columns: bool = field(default=False, metadata={
         "help": "kept False: llt's collators need the document starts"})
 

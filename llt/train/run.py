@@ -67,6 +67,11 @@ def _train(trainer, args, command: str) -> int:
               "last step of this run; nothing to train (raise --max_steps or --max_epochs to go on)")
         return 0
     preempt = trainer.preemption
+    if preempt.failure:
+        saved = (f"; resumable checkpoint saved after step {preempt.stopped_at}; continue with "
+                 f"--load_ckpt_path {args.output_dir}") if preempt.stopped_at is not None and args.should_save else ""
+        print(f"{command}: error: {preempt.failure}{saved}", file=sys.stderr)
+        return 1
     if preempt.stopped_at is not None:
         if args.should_save:
             import signal
