@@ -71,6 +71,20 @@ def plain_conversation(reasoning: bool) -> dict:
     ]}
 
 
+def as_chunks(conv: dict) -> dict:
+    """The conversation with each reasoning as a thinking chunk first in `content`, the way
+    data for Mistral's reasoning models (and OpenAI-style content parts) comes."""
+    conv = copy.deepcopy(conv)
+    for m in conv["messages"]:
+        for key in ("reasoning_content", "reasoning", "thinking"):
+            if key in m:
+                text = m.pop(key)
+                answer = m["content"] if isinstance(m["content"], list) else (
+                    [{"type": "text", "text": m["content"]}] if m["content"] else [])
+                m["content"] = [{"type": "thinking", "thinking": text}, *answer]
+    return conv
+
+
 def single_call(conv: dict) -> dict:
     """The conversation with each tool round cut to one call (templates that render one)."""
     conv = copy.deepcopy(conv)
@@ -104,7 +118,7 @@ class Family:
     added: list[str] = field(default_factory=list)  # plain (not special) added tokens
     kwargs: dict | None = None
     one_sample: bool = True  # renders conversations prefix by prefix
-    style: tuple = (False, "none", False)  # chat_template.Style the encoder should fit
+    style: tuple = (False, "none", False, False)  # chat_template.Style the encoder should fit
     header: str = ""  # the assistant header, where a turn's prompt is not a prefix of its render
 
     @property
@@ -123,6 +137,9 @@ HARMONY = ["<|startoftext|>", "<|start|>", "<|message|>", "<|channel|>", "<|end|
            "<|call|>", "<|constrain|>"]
 MISTRAL = ["<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
            "[TOOL_RESULTS]", "[/TOOL_RESULTS]"]
+MINISTRAL = ["<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CALLS]", "[ARGS]",
+             "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[THINK]", "[/THINK]",
+             "[IMG]"]
 QWEN_ADDED = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
 
 
@@ -145,13 +162,17 @@ def families() -> dict[str, Family]:
                                 [agent, plain_conversation(False)], one_sample=False, header="[/INST]"),
         "gpt-oss": Family("gpt_oss.jinja", HARMONY, "<|startoftext|>", "<|return|>",
                           [single_call(agent_conversation(True, True, system="developer")),
-                           plain_conversation(True)], one_sample=False, style=(False, "empty", False),
+                           plain_conversation(True)], one_sample=False, style=(False, "empty", False, False),
                           header="<|start|>assistant"),
         # R1's template renders one tool round (it never resets its first-call flag, so a
         # second round comes out inside the first): one round here, the second is refused
         "deepseek-r1": Family("deepseek_r1.jinja", R1, "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>",
                               [one_round(agent), plain_conversation(False)], ["<think>", "</think>"],
-                              one_sample=False, style=(True, "none", False), header="<｜Assistant｜>"),
+                              one_sample=False, style=(True, "none", False, False), header="<｜Assistant｜>"),
+        # Ministral 3 reasoning (and Magistral): reasoning as a thinking chunk, [THINK]...[/THINK]
+        "ministral3-reasoning": Family("ministral3_reasoning.jinja", MINISTRAL, "<s>", "</s>",
+                                       [as_chunks(agent_r), as_chunks(plain_conversation(True)),
+                                        plain_conversation(False)], style=(False, "empty", False, True)),
     }
 
 

@@ -326,3 +326,45 @@ def test_a_template_error_names_the_record_and_message(tmp_path, family_toks):
         decoded_turns("hermes3-tools", family_toks, tmp_path, [plain_conversation(False)])
     # an empty list is a list: the template renders it
     assert decoded_turns("hermes3-tools", family_toks, tmp_path, [{**plain_conversation(False), "tools": []}])
+
+
+def test_thinking_chunks_train_as_the_reasoning_field_does(tmp_path, family_toks):
+    """The same conversation with reasoning as a field or as a thinking chunk trains the
+    same tokens under a template that reads the field (Qwen3)."""
+    from chat_families import as_chunks
+
+    rec = agent_conversation(reasoning=True, parallel=True)
+    field = decoded_turns("qwen3", family_toks, tmp_path / "a", [rec])
+    chunks = decoded_turns("qwen3", family_toks, tmp_path / "b", [as_chunks(rec)])
+    assert chunks == field and "I need the weather in Paris." in chunks[0]
+
+
+def test_thinking_chunks_a_template_drops_are_an_error_naming_the_message(tmp_path, family_toks):
+    from chat_families import as_chunks
+
+    with pytest.raises(LltError, match=r"chat.jsonl: line 1: message 1: its reasoning does not appear"):
+        decoded_turns("mistral-tools", family_toks, tmp_path, [as_chunks(plain_conversation(True))])
+
+
+@pytest.mark.parametrize("part, why", [
+    ({"type": "image_url", "image_url": {"url": "http://x/cat.png"}}, r"message 0: content part 1 is of type "
+                                                                       r"'image_url': llt encodes text only"),
+    ({"type": "input_audio", "input_audio": {"data": "..."}}, r"message 0: content part 1 is of type 'input_audio'"),
+    ({"type": "file", "file": {"file_id": "f"}}, r"message 0: content part 1 is of type 'file'"),
+    ({"type": "thinking", "thinking": "hmm"}, r"message 0: content part 1: a thinking chunk on a user message"),
+])
+def test_non_text_parts_are_refused_naming_record_message_and_part(tmp_path, family_toks, part, why):
+    rec = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, part]},
+                        {"role": "assistant", "content": "A cat."}]}
+    with pytest.raises(LltError, match=r"chat.jsonl: line 1: " + why):
+        decoded_turns("ministral3-reasoning", family_toks, tmp_path, [rec])
+
+
+@pytest.mark.parametrize("content, why", [
+    ([{"type": "text", "text": "a"}, {"type": "thinking", "thinking": "r"}], "a thinking chunk after text"),
+    ([{"type": "thinking", "thinking": "r"}, {"type": "thinking", "thinking": "s"}], "a thinking chunk after another"),
+])
+def test_thinking_chunks_that_cannot_be_trained_as_generated_are_named(tmp_path, family_toks, content, why):
+    rec = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": content}]}
+    with pytest.raises(LltError, match=rf"chat.jsonl: line 1: message 1: content part 1: {why}"):
+        decoded_turns("ministral3-reasoning", family_toks, tmp_path, [rec])

@@ -202,6 +202,9 @@ def _jsonl_batches(part: Part, batch_size: int) -> Iterator[Batch]:
             except json.JSONDecodeError as e:
                 raise SourceError(f"{part.path}: line {_line_number(part.path, start)}: "
                                   f"invalid JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise SourceError(f"{part.path}: line {_line_number(part.path, start)}: JSON nested "
+                                  "deeper than Python's reader goes (about 1,000 levels)") from None
             records.append(rec)
             offsets.append(start)
             if len(records) == batch_size:
@@ -320,6 +323,8 @@ def _iterate_file(kind: str, path: str) -> Iterator[tuple[object, str]]:
         raise SourceError(f"{path}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise SourceError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise SourceError(f"{path}: JSON nested deeper than Python's reader goes (about 1,000 levels)") from None
 
 
 def stream_records(inputs: list[tuple[str, str]], data_loader_path: str | None

@@ -8,7 +8,9 @@ may carry:
 
 * `content`: a string, a list of text parts (`{"type": "text", "text": ...}` or strings,
   joined without separator, as OpenAI joins them), or null when it only calls tools;
-* reasoning under `reasoning_content`, or its aliases `thinking` and `reasoning`;
+* reasoning under `reasoning_content`, or its aliases `thinking` and `reasoning`, or as a
+  `{"type": "thinking", "thinking": ...}` chunk first in `content` (Mistral's reasoning
+  models); other parts (images, audio, files) are refused, naming the part;
 * `tool_calls`: `[{"type": "function", "id": ..., "function": {"name", "arguments"}}]`,
   arguments as an object or a JSON string (the flat `{"name", "arguments"}` form is also
   taken). Every call's arguments are parsed here, so a malformed one is an error naming
@@ -52,27 +54,60 @@ class Conversation:
     tools: list | None
 
 
-def text_of(content, say: Callable[[str], RecordError]) -> str | None:
-    """A message's content as one string: text parts are joined; null stays None.
+def short(value, n: int = 60) -> str:
+    """A user value for an error line: its repr, cut to `n` characters.
 
     Examples:
-        >>> text_of([{"type": "text", "text": "a"}, "b"], RecordError)
-        'ab'
+        >>> short("word " * 40, 12)
+        "'word word w..."
+    """
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def read_content(content, say: Callable[[str], RecordError], role: str) -> tuple[str | None, str | None]:
+    """(text, reasoning) of a message's content: a string, null, or a list of parts (OpenAI's
+    content parts; Mistral's chunks). Text parts are joined without separator, as OpenAI
+    joins them; a `{"type": "thinking", "thinking": ...}` chunk before them is an assistant
+    message's reasoning (Magistral, Ministral 3 reasoning). Anything else (images, audio,
+    files) is refused, naming the part: this is a text-only encode.
+
+    Examples:
+        >>> read_content([{"type": "thinking", "thinking": "r"}, {"type": "text", "text": "a"}],
+        ...              RecordError, "assistant")
+        ('a', 'r')
     """
     if content is None or isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, dict) and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-            else:
-                raise say(f"content part {str(part)[:60]!r} is not text (a string or "
-                          "{'type': 'text', 'text': ...}); llt encodes text only")
-        return "".join(parts)
-    raise say(f"content is {type(content).__name__}, expected a string or a list of text parts")
+        return content, None
+    if not isinstance(content, list):
+        raise say(f"content is {type(content).__name__}, expected a string or a list of text parts")
+    texts, thinking = [], None
+    for k, part in enumerate(content):
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        if not isinstance(part, dict):
+            raise say(f"content part {k} is {type(part).__name__} {short(part, 40)}, expected a string or "
+                      "{'type': 'text', 'text': ...}")
+        kind = part.get("type", "text")
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "thinking" and isinstance(part.get("thinking"), str):
+            if role != "assistant":
+                raise say(f"content part {k}: a thinking chunk on a {role} message; reasoning is read on "
+                          "assistant messages only")
+            if texts or thinking is not None:
+                raise say(f"content part {k}: a thinking chunk {'after text' if texts else 'after another'}; "
+                          "llt trains an assistant turn as its reasoning, then its answer (one thinking "
+                          "chunk, first)")
+            thinking = part["thinking"]
+        elif isinstance(kind, str) and kind not in ("text", "thinking"):
+            raise say(f"content part {k} is of type {short(kind, 40)}: llt encodes text only (text and, on "
+                      "assistant messages, thinking parts)")
+        else:
+            raise say(f"content part {k} {short(part)} is not text (a string or "
+                      "{'type': 'text', 'text': ...}); llt encodes text only")
+    return ("".join(texts) if texts or thinking is None else None), thinking
 
 
 def _tool_call(call, c: int, say) -> dict:
@@ -103,17 +138,21 @@ def _message(m, j: int, say_record) -> Message:
         return say_record(f"message {j}: {why}")
 
     if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-        raise say(f"expected an object with a string 'role', got {str(m)[:80]!r}")
+        raise say(f"expected an object with a string 'role', got {short(m, 80)}")
     role = m["role"]
     if role not in ROLES:
-        raise say(f"unknown role {role!r} (known: {', '.join(ROLES)})")
+        raise say(f"unknown role {short(role)} (known: {', '.join(ROLES)})")
     content = m.get("content")
     if role in ("tool", "ipython") and content is not None and not isinstance(content, (str, list)):
         content = json.dumps(content, ensure_ascii=False)  # a tool's structured result
-    content = text_of(content, say)
+    content, thinking = read_content(content, say, role)
     reasoning = next((m[k] for k in REASONING_KEYS if m.get(k) is not None), None)
     if reasoning is not None and not isinstance(reasoning, str):
         raise say(f"reasoning is {type(reasoning).__name__}, expected a string")
+    if thinking is not None:
+        if reasoning is not None:
+            raise say("reasoning given twice: as a thinking chunk and as a field; keep one")
+        reasoning = thinking
     calls = m.get("tool_calls") or None
     if calls is not None:
         if role != "assistant" or not isinstance(calls, list):
@@ -122,6 +161,9 @@ def _message(m, j: int, say_record) -> Message:
     if content is None and (role != "assistant" or not (calls or reasoning)):
         raise say(f"a {role} message needs string 'content'")
     extra = {k: m[k] for k in ("tool_call_id", "name") if m.get(k) is not None} or None
+    for k, v in (extra or {}).items():
+        if not isinstance(v, str):
+            raise say(f"{k!r} is {type(v).__name__} {short(v, 40)}, expected a string")
     return Message(role, content, reasoning or None, calls, extra)
 
 
@@ -149,7 +191,8 @@ def read_conversation(rec, messages_field: str, tools_field: str,
     out = []
     for j, m in enumerate(msgs):
         # the common message, {role, content: str}, without the general checks (2x faster)
-        if type(m) is dict and len(m) == 2 and type(m.get("content")) is str and m.get("role") in _ROLE_SET:
+        if type(m) is dict and len(m) == 2 and type(m.get("content")) is str and type(m.get("role")) is str \
+                and m["role"] in _ROLE_SET:
             out.append(Message(m["role"], m["content"]))
         else:
             out.append(_message(m, j, say_record))

@@ -27,6 +27,7 @@ class Style:
     args_as_text: bool = False  # tool-call arguments as a JSON string (R1's template concatenates them)
     empty_content: str = "none"  # an assistant message with no text: "none" (null), "empty" ("") or "absent"
     think_tags: bool = False  # reasoning inside content as <think>..</think> (no reasoning field read)
+    reasoning_chunks: bool = False  # reasoning as a {"type": "thinking"} chunk of content (Mistral)
 
 
 _PROBE_TOOL = {"type": "function", "function": {
@@ -88,13 +89,16 @@ class ChatTemplate:
             content = m.content
             if m.reasoning and style.think_tags:
                 content = f"<think>\n{m.reasoning}\n</think>\n\n{content or ''}"
+            elif m.reasoning and style.reasoning_chunks:
+                content = [{"type": "thinking", "thinking": m.reasoning},
+                           *([{"type": "text", "text": content}] if content else [])]
             if content is not None:
                 d["content"] = content
             elif not m.tool_calls:
                 d["content"] = ""
             elif style.empty_content != "absent":
                 d["content"] = None if style.empty_content == "none" else ""
-            if m.reasoning and not style.think_tags:
+            if m.reasoning and not (style.think_tags or style.reasoning_chunks):
                 d["reasoning_content"] = d["thinking"] = m.reasoning  # as transformers aliases it
             if m.tool_calls:
                 d["tool_calls"] = [self._call(c, style) for c in m.tool_calls]
@@ -112,26 +116,31 @@ class ChatTemplate:
     # ------------------------------------------------------------------ fitting
     def _fit(self) -> Style:
         """Decide `Style` with probe conversations, once per template."""
-        think_tags = self._fit_reasoning()
+        think_tags, chunks = self._fit_reasoning()
         call = Message("assistant", None, None, [{"id": "probe0001", "name": "probe_fn",
                                                   "arguments": {"probe_key": "probe_value"}}])
         probe = [Message("user", "probe question"), call]
         for as_text in (False, True):
             for empty in ("none", "empty", "absent"):
-                style = Style(as_text, empty, think_tags)
+                style = Style(as_text, empty, think_tags, chunks)
                 text = self._try(probe, style, [_PROBE_TOOL])
                 if "probe_fn" in text and ('"probe_key": "probe_value"' in text
                                            or '"probe_key":"probe_value"' in text):
                     return style
-        return Style(False, "none", think_tags)  # no tool calls here: records with some fail loudly
+        return Style(False, "none", think_tags, chunks)  # no tool calls here: records with some fail loudly
 
-    def _fit_reasoning(self) -> bool:
-        """True when reasoning must go inside content as <think> tags: the template reads
-        no reasoning field, but renders <think> content (DeepSeek-R1 style templates)."""
+    def _fit_reasoning(self) -> tuple[bool, bool]:
+        """Where reasoning goes when the template reads no reasoning field: (inside content
+        as <think> tags: DeepSeek-R1 style templates; as a thinking chunk of a content
+        list: Mistral's reasoning templates, which render it `[THINK]...[/THINK]`)."""
         probe = [Message("user", "probe question"), Message("assistant", "probe answer", "probe_reasoning")]
-        if "probe_reasoning" in self._try(probe, Style(), None) or "</think>" not in self.source:
-            return False
-        return "probe_reasoning" in self._try(probe, Style(think_tags=True), None)
+        if "probe_reasoning" in self._try(probe, Style(), None):
+            return False, False
+        if "</think>" in self.source and "probe_reasoning" in self._try(probe, Style(think_tags=True), None):
+            return True, False
+        text = self._try(probe, Style(reasoning_chunks=True), None)
+        # a template that prints the list itself shows its keys: that is not reading chunks
+        return False, "probe_reasoning" in text and "probe answer" in text and "'thinking'" not in text
 
     def _try(self, probe: list[Message], style: Style, tools) -> str:
         try:
