@@ -106,6 +106,27 @@ def run_config(ckpt: Path) -> dict:
     return {}
 
 
+def newest_resumable(output_path: str | Path, save_name: str, run_dir: str | Path | None = None) -> Path | None:
+    """The checkpoint a resubmitted command resumes from (`--load_ckpt_path auto`): the
+    newest complete, resumable checkpoint (saved with optimizer and data position) of
+    `run_dir`, or else of the newest `<save_name>-<stamp>` run folder under `output_path`
+    that holds one; None when there is none (the run starts fresh)."""
+    import re
+
+    if run_dir is not None:
+        folders = [Path(run_dir)]
+    else:
+        stamp = re.compile(rf"^{re.escape(save_name)}-\d{{8}}-\d{{6}}$")
+        root = Path(output_path)
+        folders = sorted((p for p in root.iterdir() if p.is_dir() and stamp.match(p.name)),
+                         key=lambda p: p.name, reverse=True) if root.is_dir() else []
+    for folder in folders:
+        resumable = [c for c in checkpoints(folder) if (c / DATA_STATE).is_file()]
+        if resumable:
+            return resumable[-1]
+    return None
+
+
 def newest_run(output_path: str | Path) -> Path:
     """The most recently written run folder under `output_path`."""
     runs = [p for p in Path(output_path).iterdir() if p.is_dir()]

@@ -5,7 +5,8 @@ Shared: `config` (the four argument dataclasses), `parse` (YAML recipe + flags -
 `build` (flags -> tokenizer, data, model, the method's loss, collator, LoRA, callbacks ->
 the trainer), `setup` (what a run changes outside its arguments: logging, progress bars,
 the run folder's name), `run` (argv -> build, train, exit code, process-group teardown),
-`checks` (start-up verification), `trainer` (`LltTrainer`), `hf_hooks` (its only
+`checks` (start-up verification), `preflight` (every rank and node runs the same thing, on
+storage it has checked), `trainer` (`LltTrainer`), `hf_hooks` (its only
 private-hook overrides), `resume` (exact resume as plain functions), `checkpointing`
 (atomic saves, rotation), `evaluate` (the held-out loss), `callbacks` (throughput, mix,
 loss report, save schedule, preemption, progress lines), `user_callbacks` (the user's own,

@@ -38,6 +38,7 @@ def build(run: RunArgs, method: TrainingMethod):
     from llt.model.quant import quantization_config
     from llt.train.callbacks import CorpusMixCallback, PreemptionCallback, ThroughputCallback, peak_tflops
     from llt.train.checks import adopt_chat_template, check_data_fits, check_world, verify_on_local_main
+    from llt.train.preflight import check_ranks_agree, check_storage, fingerprint
     from llt.train.setup import prepare_run
     from llt.train.user_callbacks import load_callbacks
     from transformers import set_seed
@@ -48,13 +49,18 @@ def build(run: RunArgs, method: TrainingMethod):
     method.check_flags(run)
     preemption = PreemptionCallback()
     user_callbacks = load_callbacks(args.callbacks, preemption.fail)  # before any data work
+    data_paths = [s.path for specs in corpus_specs(data_args) for s in specs]
+    if args.world_size > 1:  # every rank runs the same thing, on storage it has checked, or none starts
+        check_ranks_agree(fingerprint(_config_groups(run), model_args.model_path, data_paths,
+                                      args.resume_from_checkpoint, args.world_size))
+        check_storage(args)
     tokenizer, new_ids = load_training_tokenizer(model_args)
     quantization = quantization_config(model_args, args, lora_args.use_lora)  # fails before any data work
     # Seed now, not only in Trainer.__init__ (after the model exists): LoRA's A matrices are
     # drawn while the model is built, and two runs with one --seed must start alike.
     set_seed(args.seed)
     if data_args.verify_data:
-        verify_on_local_main([s.path for specs in corpus_specs(data_args) for s in specs], args)
+        verify_on_local_main(data_paths, args)
     data = build_data(data_args, seed=args.data_seed if args.data_seed is not None else args.seed)
     method.check_corpora(data)
     adopt_chat_template(tokenizer, data)  # saved with every checkpoint: export prompts as trained
@@ -102,6 +108,10 @@ def _callbacks(args, preemption, user: list) -> list:
     if getattr(args, "progress_lines", False):
         callbacks.append(ProgressLineCallback())
     return callbacks + user + [SaveScheduleCallback(args.save_epochs, args.save_final)]
+
+
+def _config_groups(run: RunArgs) -> dict:
+    return {name: (obj.to_dict() if hasattr(obj, "to_dict") else asdict(obj)) for name, obj in run.groups().items()}
 
 
 def save_config(folder: str, **groups) -> Path:

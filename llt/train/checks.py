@@ -27,7 +27,9 @@ def check_world(args) -> None:
             "llt: no GPU here: the %d launched processes train on the CPU (gloo), as with --use_cpu",
             launcher["world size"])
     hf = {"world size": args.world_size, "rank": args.process_index}
-    if launcher != hf or args.should_save != (args.process_index == 0):
+    # --save_on_each_node (node-local disks, llt.train.preflight.check_storage): each node's first process saves
+    saver = args.local_process_index == 0 if args.save_on_each_node else args.process_index == 0
+    if launcher != hf or args.should_save != saver:
         raise ConfigError(
             f"the launcher started world size {launcher['world size']}, this is rank {launcher['rank']}; "
             f"the training arguments see world size {hf['world size']}, rank {hf['rank']}, should_save "

@@ -116,7 +116,9 @@ class LltTrainingArguments(TrainingArguments):
                 "installed, none on CPU; none: no DeepSpeed"})
     resume_from_checkpoint: str | None = field(default=None, metadata={
         "aliases": ["--load_ckpt_path"],
-        "help": "checkpoint saved with --save_optimizer to resume exactly (next sample, LR, RNG)"})
+        "help": "checkpoint saved with --save_optimizer to resume exactly (next sample, LR, RNG), or its "
+                "run folder (its newest), or auto: this run's newest resumable checkpoint if any, else a "
+                "fresh start (for a job a scheduler requeues)"})
     save_steps: float = field(default=0, metadata={
         "help": "save a checkpoint every N optimizer steps (0: never by steps)"})
     save_epochs: int = field(default=0, metadata={"help": "save a checkpoint every N epochs (0: never by epochs)"})

@@ -20,13 +20,17 @@ def run(method: str, argv: list[str] | None = None) -> int:
 
     impl = get_method(method)
     interrupted = False
+    crashed = True  # until proven otherwise: a rank that raised must not wait for the others
     try:
         try:
             trainer = build_trainer(argv, impl)
         except LltError as e:
+            crashed = False
             print(f"{impl.command}: error: {e}", file=sys.stderr)
             return 2
-        return _train(trainer, trainer.args, impl.command)
+        rc = _train(trainer, trainer.args, impl.command)
+        crashed = False
+        return rc
     except KeyboardInterrupt:
         # Ctrl-C before training began, or a second one during it (the first asks for a
         # checkpoint: llt.train.callbacks.PreemptionCallback). Other ranks get it too (it
@@ -37,18 +41,21 @@ def run(method: str, argv: list[str] | None = None) -> int:
         return 130
     finally:
         if not interrupted:
-            _leave_process_group()
+            _leave_process_group(wait=not crashed)
 
 
-def _leave_process_group() -> None:
+def _leave_process_group(wait: bool = True) -> None:
     """Every rank waits for the others, then the process group is torn down (on the error
-    path too). A rank that exits while another is still writing reports would otherwise
-    take gloo's threads down mid-use ("terminate called without an active exception",
-    seen once in CI)."""
+    path too: `LltError`s are raised on every rank alike). A rank that exits while another
+    is still writing reports would otherwise take gloo's threads down mid-use ("terminate
+    called without an active exception", seen once in CI). A rank that crashed does not
+    wait: the others may be inside a collective it will never join, and its traceback
+    would stay unprinted behind the barrier while the job hangs."""
     import torch
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        if wait:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
