@@ -25,7 +25,7 @@ from __future__ import annotations
 import sys
 
 from llt.errors import LltError
-from llt.interrupt import exit_code, exit_on_signals
+from llt.interrupt import exit_code, exit_on_signals, received
 
 USAGE = __doc__.split("\n\n", 1)[1]
 
@@ -89,9 +89,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llt {argv[0]}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        note = getattr(e, "note", None) or INTERRUPTED.get(argv[0], "")
-        print(f"llt {argv[0]}: interrupted{'; ' + note if note else ''}", file=sys.stderr)
-        return exit_code(e)
+        return _interrupted(argv[0], e)
+    except Exception as e:
+        # Ctrl-C inside a C extension's import comes out as that import's error (numpy:
+        # "PyCapsule_Import could not import module"), the interrupt lost or as its cause.
+        cause = _interrupt_in_chain(e) or received()
+        if cause is None:
+            raise
+        return _interrupted(argv[0], cause)
+
+
+def _interrupted(command: str, e: KeyboardInterrupt) -> int:
+    note = getattr(e, "note", None) or INTERRUPTED.get(command, "")
+    print(f"llt {command}: interrupted{'; ' + note if note else ''}", file=sys.stderr)
+    return exit_code(e)
+
+
+def _interrupt_in_chain(e: BaseException) -> KeyboardInterrupt | None:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -31,8 +31,18 @@ class Interrupted(KeyboardInterrupt):
         self.note = note
 
 
+RECEIVED: list[int] = []  # signals raised as Interrupted in this process
+
+
 def _raise(signum, frame):
+    RECEIVED.append(signum)
     raise Interrupted(signum)
+
+
+def received() -> Interrupted | None:
+    """The interrupt this process got, if any: an error after it is its consequence (a C
+    extension interrupted mid-import raises its own ImportError, losing the interrupt)."""
+    return Interrupted(RECEIVED[0]) if RECEIVED else None
 
 
 @contextlib.contextmanager

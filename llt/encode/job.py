@@ -149,7 +149,8 @@ def _fork(procs: list, tok, encoder, info: TokenizerInfo, fingerprint: tuple) ->
         fingerprint[1].set()
     except BaseException:
         for p in procs:
-            p.kill()
+            if p.pid is not None:  # started (Ctrl-C may land between two forks)
+                p.kill()
         raise
     finally:
         gc.unfreeze()

@@ -28,7 +28,8 @@ def check_world(args) -> None:
             launcher["world size"])
     hf = {"world size": args.world_size, "rank": args.process_index}
     # --save_on_each_node (node-local disks, llt.train.preflight.check_storage): each node's first process saves
-    saver = args.local_process_index == 0 if args.save_on_each_node else args.process_index == 0
+    saver = (getattr(args, "local_process_index", 0) == 0 if getattr(args, "save_on_each_node", False)
+             else args.process_index == 0)
     if launcher != hf or args.should_save != saver:
         raise ConfigError(
             f"the launcher started world size {launcher['world size']}, this is rank {launcher['rank']}; "
