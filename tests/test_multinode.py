@@ -252,25 +252,3 @@ def test_node_local_disks_are_found_out_and_refused_before_any_data_work(tmp_pat
     # the same two nodes on one shared folder train
     for rc, out, err in _finish(_two_nodes(args)):
         assert rc == 0, err[-3000:]
-
-
-@pytest.mark.slow
-def test_a_node_killed_makes_the_other_exit_within_the_ddp_timeout(tmp_path, tiny_model_dir, toy_corpora):
-    args = _flags(tiny_model_dir, toy_corpora["qa_packed"], tmp_path / "runs", "--max_steps", "100000",
-                  "--save_steps", "1000000", "--ddp_timeout", "60")
-    nodes = _two_nodes(args, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not list((tmp_path / "runs").glob("*/llt_config.json")):
-        assert all(p.poll() is None for p in nodes) and time.monotonic() < deadline
-        time.sleep(0.2)
-    time.sleep(3)  # training
-    os.killpg(nodes[1].pid, signal.SIGKILL)
-    t0 = time.monotonic()
-    try:
-        nodes[0].communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(nodes[0].pid, signal.SIGKILL)
-        raise AssertionError("node 0 still running 120 s after node 1 was killed (--ddp_timeout 60)")
-    took = time.monotonic() - t0
-    assert nodes[0].returncode != 0
-    print(f"node 1 killed: node 0 exited after {took:.1f} s (rc {nodes[0].returncode})")
