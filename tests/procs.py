@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {"sft": ROOT / "recipes" / "sft.py", "dpo": ROOT / "recipes" / "dpo.py"}
+RECIPES = {"sft": ROOT / "recipes" / "sft.py", "dpo": ROOT / "recipes" / "dpo.py",
+           "reward": ROOT / "recipes" / "reward.py"}
 HELPER = ROOT / "tests" / "helpers" / "record_samples.py"  # trains like recipes/sft.py, recording samples
 
 

@@ -26,7 +26,7 @@ ALLOWED = {
     "runs": {"model"},
     "train": {"shards", "data", "model", "runs"},
 }
-ENTRY_POINTS = {"llt.cli", "llt.quickstart", "llt.__main__"}
+ENTRY_POINTS = {"llt.cli", "llt.quickstart", "llt.score", "llt.__main__"}
 BASE = {"llt", "llt.errors", "llt.fsutil", "llt.flags", "llt.values", "llt.interrupt", "llt.progress", "llt.resources", "llt.tokenizer_loader",
         "llt.toy"}
 

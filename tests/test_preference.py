@@ -394,10 +394,12 @@ def test_the_methods_are_peers_listed_once():
     """Each method is its own folder, found through the one list; none is a branch in another."""
     from llt.train.methods import METHODS, get_method
     from llt.train.preference.method import Preference
+    from llt.train.reward.method import Reward
     from llt.train.sft.method import SFT
 
-    assert {name: type(get_method(name)) for name in METHODS} == {"train": SFT, "dpo": Preference}
+    assert {name: type(get_method(name)) for name in METHODS} == {"train": SFT, "dpo": Preference, "reward": Reward}
     assert get_method("dpo").collator_options() == {"pairs": True} and get_method("train").collator_options() == {}
+    assert get_method("reward").head == "reward" and get_method("dpo").head == "causal"
 
 
 def test_a_user_callback_sees_dpo_metrics_and_stops_the_run(tmp_path, tiny_model_dir, pair_corpus):

@@ -356,9 +356,11 @@ def test_shipped_recipes_parse(tmp_path):
 
     from llt.train.parse import parse_args
     from llt.train.preference.config import PreferenceArguments
+    from llt.train.reward.config import RewardArguments
 
     for recipe in sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")):
-        extra = (PreferenceArguments,) if "dpo" in recipe.stem else ()  # recipes/dpo.py's flags
+        # recipes/dpo.py's and recipes/reward.py's own flags
+        extra = (PreferenceArguments,) if "dpo" in recipe.stem else (RewardArguments,) if "reward" in recipe.stem else ()
         groups = parse_args([str(recipe), "--model_path", "m", "--data_path", "d", "--use_cpu",
                              "--output_dir", str(tmp_path / recipe.stem)], extra)
         assert groups[3].output_dir == str(tmp_path / recipe.stem)

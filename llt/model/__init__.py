@@ -4,7 +4,8 @@
 embedding rows, the figures the MFU estimate needs), `attention` (SDPA run on each
 document alone, registered with transformers), `loss` (the chunked loss on trained
 positions, per-corpus sums, per-token losses for preference methods, a MoE router's
-load-balancing term), `lora` (PEFT adapters, trainable added tokens) and `quant` (QLoRA: a
+load-balancing term), `reward` (a reward model's forward: one score per document of a
+padding-free batch), `lora` (PEFT adapters, trainable added tokens) and `quant` (QLoRA: a
 4- or 8-bit base through bitsandbytes).
 """
 

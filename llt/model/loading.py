@@ -49,22 +49,29 @@ def load_training_tokenizer(model_args):
     return tok, new_ids
 
 
-def load_model(model_args, train_args, tok, new_token_ids: list[int], attn: str, quantization=None):
-    """The causal LM in training dtype with attention `attn` (`pick_attn_implementation`),
+def load_model(model_args, train_args, tok, new_token_ids: list[int], attn: str, quantization=None,
+               head: str = "causal"):
+    """The model in training dtype with attention `attn` (`pick_attn_implementation`),
     cache off, embeddings grown for added tokens; with `quantization` (a
     BitsAndBytesConfig), its linear layers quantized and the model prepared for k-bit
-    training (`llt.model.quant`)."""
-    from transformers import AutoModelForCausalLM
+    training (`llt.model.quant`). `head`: "causal" (a *ForCausalLM) or "reward" (a
+    *ForSequenceClassification with one label, its score head new unless the checkpoint
+    is already a reward model, and `pad_token_id` set as the class needs it to find each
+    sequence's last token)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from llt.model import quant
 
     dtype = torch.bfloat16 if train_args.bf16 else torch.float32
     extra = {"quantization_config": quantization, "device_map": quant.device_map(train_args)} if quantization else {}
+    auto, what = AutoModelForCausalLM, "a causal LM"
+    if head == "reward":
+        auto, what = AutoModelForSequenceClassification, "a sequence-classification (reward) model"
+        extra.update(num_labels=1, pad_token_id=tok.pad_token_id)
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_args.model_path, dtype=dtype,
-                                                     attn_implementation=attn, **extra)
+        model = auto.from_pretrained(model_args.model_path, dtype=dtype, attn_implementation=attn, **extra)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"--model_path {model_args.model_path}: cannot load a causal LM ({e})") from None
+        raise ConfigError(f"--model_path {model_args.model_path}: cannot load {what} ({e})") from None
     if quantization:
         log.warning(quant.describe(model, quantization, dtype))
         model = quant.prepare(model, train_args)

@@ -16,10 +16,12 @@ def _module_names(model) -> set[str]:
     return {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
 
 
-def apply_lora(model, lora_args, new_token_ids: list[int]):
+def apply_lora(model, lora_args, new_token_ids: list[int], task_type: str | None = None):
     """Wrap `model` in a PEFT LoRA adapter from `--lora_config_path`; rows of added
     tokens are trained too (PEFT's trainable_token_indices), in the input embedding and,
-    when it is not tied to it, the output head."""
+    when it is not tied to it, the output head. `task_type` (a method's own, e.g. SEQ_CLS
+    for a reward model, whose new score head PEFT then trains in full as a module to
+    save) replaces the file's."""
     from peft import LoraConfig, get_peft_model
 
     path = user_or_shipped(lora_args.lora_config_path)
@@ -32,7 +34,7 @@ def apply_lora(model, lora_args, new_token_ids: list[int]):
     if not isinstance(cfg, dict):
         raise ConfigError(f"--lora_config_path {path}: a JSON object of peft.LoraConfig fields, not {type(cfg).__name__}")
     check_fields(cfg, path)
-    cfg.setdefault("task_type", "CAUSAL_LM")
+    cfg["task_type"] = task_type or cfg.get("task_type", "CAUSAL_LM")
     targets = cfg.get("target_modules") or []
     if isinstance(targets, list):
         have = _module_names(model)

@@ -4,7 +4,9 @@
 
 The folder holds sharded safetensors, `config.json`, `generation_config.json` and the
 tokenizer with its chat template and any added tokens: it loads with
-`AutoModelForCausalLM.from_pretrained` and serves as is (vLLM, TGI, llama.cpp's converter).
+`AutoModelForCausalLM.from_pretrained` and serves as is (vLLM, TGI, llama.cpp's converter);
+a reward model's (`llt reward`) loads with `AutoModelForSequenceClassification` and
+`pipeline("text-classification")`.
 A LoRA checkpoint is merged into its base weights (`--no-merge` writes the adapter
 instead); a DeepSpeed ZeRO checkpoint without model weights is consolidated on the CPU.
 The folder is written beside its final name and renamed when complete, so an interrupted
@@ -25,7 +27,7 @@ import torch
 from llt.errors import CheckpointError
 from llt.fsutil import replace_dir
 from llt.interrupt import deferred
-from llt.runs.load import Loaded, grow_for_tokenizer, load_checkpoint
+from llt.runs.load import Loaded, auto_class, grow_for_tokenizer, load_checkpoint
 
 EXPORT_INFO = "llt_export.json"
 
@@ -83,15 +85,17 @@ def probe_ids(tokenizer) -> torch.Tensor:
 
 @torch.no_grad()
 def compare_logits(loaded: Loaded, folder: Path) -> float:
-    """Max |logit difference| between the in-memory model and the export reloaded from disk."""
-    from transformers import AutoModelForCausalLM
-
+    """Max |logit difference| (a reward model: reward difference) between the in-memory model
+    and the export reloaded from disk."""
     ids = probe_ids(loaded.tokenizer)
     if (folder / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
-        again = AutoPeftModelForCausalLM.from_pretrained(str(folder), dtype=loaded.model.dtype)
+        from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
+
+        auto = AutoPeftModelForSequenceClassification if loaded.reward else AutoPeftModelForCausalLM
+        head = {"num_labels": 1} if loaded.reward else {}  # the base is the causal LM it started from
+        again = auto.from_pretrained(str(folder), dtype=loaded.model.dtype, **head)
     else:
-        again = AutoModelForCausalLM.from_pretrained(str(folder), dtype=loaded.model.dtype)
+        again = auto_class(loaded.reward).from_pretrained(str(folder), dtype=loaded.model.dtype)
     again.eval()
     a = loaded.model(input_ids=ids).logits.float()
     b = again(input_ids=ids).logits.float()
@@ -114,7 +118,7 @@ def quantized_base_diff(loaded: Loaded) -> dict | None:
 
     cfg = run_config(loaded.checkpoint)
     flags = cfg.get("model_args", {})
-    if not (flags.get("load_in_4bit") or flags.get("load_in_8bit")):
+    if not (flags.get("load_in_4bit") or flags.get("load_in_8bit")) or loaded.reward:
         return None
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -31,6 +31,30 @@ class Loaded:
     kind: str  # "full", "lora" or "zero"
     base_model: str | None = None
     info: dict = field(default_factory=dict)
+    reward: bool = False  # a reward model (*ForSequenceClassification with one label)
+
+
+def is_reward_model(ckpt: Path, cfg: dict) -> bool:
+    """Whether `ckpt` holds a reward model: an llt run of `llt reward` (its config records
+    `reward_args`), a LoRA adapter for sequence classification, or an HF folder whose
+    architecture is a sequence classifier."""
+    if "reward_args" in cfg:
+        return True
+    adapter = ckpt / "adapter_config.json"
+    if adapter.is_file():
+        return json.loads(adapter.read_text()).get("task_type") == "SEQ_CLS"
+    config = ckpt / "config.json"
+    if config.is_file():
+        archs = json.loads(config.read_text()).get("architectures") or []
+        return any(a.endswith("ForSequenceClassification") for a in archs)
+    return False
+
+
+def auto_class(reward: bool):
+    """transformers' Auto class for the model: a causal LM, or a sequence classifier."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification if reward else AutoModelForCausalLM
 
 
 def checkpoint_kind(ckpt: Path, weights: str = "auto") -> str:
@@ -80,12 +104,15 @@ def _base_path(ckpt: Path, cfg: dict, base_model: str | None) -> str:
 
 def load_checkpoint(path: str | Path, dtype: str | None = "auto", merge: bool = True,
                     base_model: str | None = None, weights: str = "auto", best: bool = False) -> Loaded:
-    """The model (merged when LoRA and `merge`) and tokenizer a checkpoint holds, in `dtype`."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    """The model (merged when LoRA and `merge`) and tokenizer a checkpoint holds, in `dtype`;
+    a reward model as a sequence classifier."""
+    from transformers import AutoConfig, AutoTokenizer
 
     ckpt = resolve(path, best)
     kind = checkpoint_kind(ckpt, weights)
     cfg = run_config(ckpt)
+    reward = is_reward_model(ckpt, cfg)
+    auto = auto_class(reward)
     original = cfg.get("model_args", {}).get("model_path")
     try:
         tok = AutoTokenizer.from_pretrained(str(ckpt))
@@ -103,7 +130,9 @@ def load_checkpoint(path: str | Path, dtype: str | None = "auto", merge: bool = 
         base_cfg = AutoConfig.from_pretrained(base)
         want = _dtype(dtype, base_cfg)
         # Merge in fp32, then cast: merging into bf16 weights rounds the LoRA update away.
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        # A reward model's base is the causal LM it started from: the score head comes from the adapter.
+        head = {"num_labels": 1, "pad_token_id": tok.pad_token_id} if reward else {}
+        model = auto.from_pretrained(base, dtype=torch.float32, **head)
         grow_for_tokenizer(model, tok)
         try:
             model = PeftModel.from_pretrained(model, str(ckpt))
@@ -114,11 +143,11 @@ def load_checkpoint(path: str | Path, dtype: str | None = "auto", merge: bool = 
             model = model.merge_and_unload()
         cast_weights(model, want)
     elif kind == "zero":
-        model, want = _load_zero(ckpt, dtype, original_cfg)
+        model, want = _load_zero(ckpt, dtype, original_cfg, reward)
     else:
         ck_cfg = AutoConfig.from_pretrained(str(ckpt))
         want = _dtype(dtype, original_cfg, ck_cfg)
-        model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=want)
+        model = auto.from_pretrained(str(ckpt), dtype=want)
     model.eval()
     if getattr(model, "generation_config", None) is not None:
         gen = model.generation_config
@@ -129,7 +158,7 @@ def load_checkpoint(path: str | Path, dtype: str | None = "auto", merge: bool = 
     step = None
     if (ckpt / TRAINER_STATE).is_file():
         step = json.loads((ckpt / TRAINER_STATE).read_text()).get("global_step")
-    return Loaded(model, tok, ckpt, kind, base, {"dtype": str(want).replace("torch.", ""), "step": step})
+    return Loaded(model, tok, ckpt, kind, base, {"dtype": str(want).replace("torch.", ""), "step": step}, reward)
 
 
 def _config_or_none(path):
@@ -152,10 +181,11 @@ def grow_for_tokenizer(model, tok) -> None:
         add_token_rows(model, list(range(rows, len(tok))), old_vocab=rows)
 
 
-def _load_zero(ckpt: Path, dtype: str | None, original_cfg):
+def _load_zero(ckpt: Path, dtype: str | None, original_cfg, reward: bool = False):
     """Consolidate a ZeRO-1/2/3 checkpoint's partitioned fp32 weights on the CPU."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
+    from transformers import (MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
+                              AutoConfig)
 
     tag = None
     if not (ckpt / "latest").is_file():
@@ -167,7 +197,8 @@ def _load_zero(ckpt: Path, dtype: str | None, original_cfg):
         raise CheckpointError(f"{ckpt}: cannot consolidate its DeepSpeed shards ({e})") from None
     config = AutoConfig.from_pretrained(str(ckpt))
     want = _dtype(dtype, original_cfg, config)
-    cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # the class AutoModelForCausalLM picks
+    mapping = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING if reward else MODEL_FOR_CAUSAL_LM_MAPPING
+    cls = mapping[type(config)]  # the class the Auto class picks
     model, info = cls.from_pretrained(None, config=config, state_dict=state, dtype=torch.float32,
                                       output_loading_info=True)
     missing = [k for k in info.get("missing_keys", []) if not (config.tie_word_embeddings and k.endswith("lm_head.weight"))]

@@ -13,7 +13,7 @@ loss report, save schedule, preemption, progress lines), `user_callbacks` (the u
 named in a recipe), `report` (the run folder's records).
 
 The methods, a folder each: `sft` (supervised fine-tuning and continued pre-training,
-`llt train`, recipes/sft.py) and `preference` (DPO, IPO, SimPO, ORPO: `llt dpo`,
-recipes/dpo.py). The model itself (loading, LoRA, quantization, attention, the chunked
+`llt train`, recipes/sft.py), `preference` (DPO, IPO, SimPO, ORPO: `llt dpo`,
+recipes/dpo.py) and `reward` (reward models: `llt reward`, recipes/reward.py, `llt score`). The model itself (loading, LoRA, quantization, attention, the chunked
 loss) is `llt.model`.
 """

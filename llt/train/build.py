@@ -65,14 +65,14 @@ def build(run: RunArgs, method: TrainingMethod):
     method.check_corpora(data)
     adopt_chat_template(tokenizer, data)  # saved with every checkpoint: export prompts as trained
     attn = pick_attn_implementation(model_args.attn_implementation, args.use_cpu, data_args.padding != "free")
-    model = load_model(model_args, args, tokenizer, new_ids, attn, quantization=quantization)
+    model = load_model(model_args, args, tokenizer, new_ids, attn, quantization=quantization, head=method.head)
     check_data_fits(data.dataset, tokenizer, model, new_ids)
     group_loss = method.install_loss(model, run, data.n_groups)
     collator = make_collator(data_args.padding, data.dataset, tokenizer.pad_token_id, is_varlen(attn), attn,
                              data_args.pad_to_multiple_of, data.n_groups, **method.collator_options())
     throughput = ThroughputCallback(flops_per_token_info(model), peak_tflops(args.peak_tflops))
     if lora_args.use_lora:
-        model = apply_lora(model, lora_args, new_ids)
+        model = apply_lora(model, lora_args, new_ids, method.lora_task_type)
     mix = CorpusMixCallback(data.names) if data.dataset.n_corpora > 1 else None
     common = dict(model=model, args=args, train_dataset=data.dataset, processing_class=tokenizer,
                   data_collator=collator, callbacks=_callbacks(args, preemption, user_callbacks),

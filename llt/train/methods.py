@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 METHODS = {
     "train": "llt.train.sft.method:SFT",
     "dpo": "llt.train.preference.method:Preference",
+    "reward": "llt.train.reward.method:Reward",
 }
 
 
@@ -44,6 +45,8 @@ class TrainingMethod:
 
     command = "llt train"  # how messages name the command
     arguments: tuple[type, ...] = ()  # dataclasses of the method's own flags, parsed after the shared ones
+    head = "causal"  # the model class it trains (`llt.model.loading.load_model`): "causal" or "reward"
+    lora_task_type: str | None = None  # PEFT's task type, when the method needs its own
 
     def check_flags(self, run: RunArgs) -> None:
         """Refuse flag combinations the method cannot train, before any data work."""
