@@ -100,12 +100,13 @@ def child(args) -> None:
     print("RESULT " + json.dumps(out))
 
 
-def prepare(work: Path, n: int, max_length: int) -> tuple[str, str]:
+def prepare(work: Path, n: int, max_length: int, overlong: str = "truncate") -> tuple[str, str]:
+    """The real model's folder and a pair corpus of the first `n` pairs (bench/reward.py too)."""
     import subprocess
 
     for need in (ALPACA, FETCH):
         if not need.exists():
-            sys.exit(f"bench/dpo.py needs {need} (the ../shared assets folder)")
+            sys.exit(f"{Path(sys.argv[0]).name} needs {need} (the ../shared assets folder)")
     model = subprocess.run([sys.executable, str(FETCH)], capture_output=True, text=True,
                            check=True).stdout.strip().splitlines()[-1]
     corpus = work / "shards" / "pairs"
@@ -116,7 +117,7 @@ def prepare(work: Path, n: int, max_length: int) -> tuple[str, str]:
         src = write_jsonl(work / "pairs.jsonl", pairs(n))
         assert llt(["encode", "--input_path", str(src), "--encode_type", "preference", "--tokenizer_path", model,
                     "--output_path", str(work / "shards"), "--corpus_name", "pairs",
-                    "--max_length", str(2 * max_length), "--overlong", "truncate"]) == 0
+                    "--max_length", str(2 * max_length), "--overlong", overlong]) == 0
     return model, str(corpus)
 
 

@@ -30,8 +30,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dpo import pairs  # noqa: E402
-from train import ALPACA, FETCH, ROOT, StepClock, run_child  # noqa: E402
+from dpo import pairs, prepare  # noqa: E402
+from train import ROOT, StepClock, run_child  # noqa: E402
 
 
 class RewardClock(StepClock):
@@ -98,26 +98,6 @@ def child(args) -> None:
     print("RESULT " + json.dumps(out))
 
 
-def prepare(work: Path, n: int, max_length: int) -> tuple[str, str]:
-    import subprocess
-
-    for need in (ALPACA, FETCH):
-        if not need.exists():
-            sys.exit(f"bench/reward.py needs {need} (the ../shared assets folder)")
-    model = subprocess.run([sys.executable, str(FETCH)], capture_output=True, text=True,
-                           check=True).stdout.strip().splitlines()[-1]
-    corpus = work / "shards" / "pairs"
-    if not (corpus / "summary.json").exists():
-        from llt.cli import main as llt
-        from llt.toy import write_jsonl
-
-        src = write_jsonl(work / "pairs.jsonl", pairs(n))
-        assert llt(["encode", "--input_path", str(src), "--encode_type", "preference", "--tokenizer_path", model,
-                    "--output_path", str(work / "shards"), "--corpus_name", "pairs",
-                    "--max_length", str(2 * max_length)]) == 0
-    return model, str(corpus)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=4, help="timed optimizer steps per trainer")
@@ -136,7 +116,7 @@ def main() -> None:
     if args._child:
         return child(args)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="llt-bench-reward-"))
-    model, corpus = prepare(work, args.pairs, args.max_length)
+    model, corpus = prepare(work, args.pairs, args.max_length, overlong="drop")  # TRL filters long pairs out
     results = {}
     for mode in args.modes:
         cmd = [sys.executable, __file__, "--_child", "--mode", mode, "--model", model, "--corpus", corpus,

@@ -86,10 +86,10 @@ def score(model_path: str, inputs: list[str] | None = None, data_path: str | Non
     from llt.runs.load import load_checkpoint
 
     if bool(inputs) == bool(data_path):
-        raise ConfigError("llt score: give --input_path (records) or --data_path (an encoded corpus), one of them")
+        raise ConfigError("give --input_path (records) or --data_path (an encoded corpus), one of them")
     loaded = load_checkpoint(model_path, dtype)
     if not loaded.reward:
-        raise ConfigError(f"llt score: {loaded.checkpoint} is not a reward model (train one with llt reward, "
+        raise ConfigError(f"{loaded.checkpoint} is not a reward model (train one with llt reward, "
                           "or pass a *ForSequenceClassification model)")
     model, tok = loaded.model, loaded.tokenizer
     model.config.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None \
@@ -98,7 +98,7 @@ def score(model_path: str, inputs: list[str] | None = None, data_path: str | Non
         corpus = Path(data_path) if data_path else encode_pairs(tok, inputs, Path(work), flags or {})
         pairs = read_pairs(corpus)
     if not pairs:
-        raise DataError("llt score: no pairs to score (every record was empty or too long)")
+        raise DataError("no pairs to score (every record was empty or too long)")
     flat = rewards(model, model.config.pad_token_id, [s for p in pairs for s in p], batch_size)
     rows = [{"pair": i, "chosen": c, "rejected": r, "margin": c - r}
             for i, (c, r) in enumerate(zip(flat[0::2], flat[1::2]))]

@@ -14,15 +14,8 @@ from conftest import encode, read_corpus, run_folder
 from llt.toy import write_jsonl
 
 trl = pytest.importorskip("trl", reason="TRL is the reference for the equivalence tests (pip install trl)")
+from test_preference import PAIRS, _grads  # noqa: E402  (the DPO tests' six pairs and gradient helper)
 
-PAIRS = [
-    {"prompt": "What is 2 plus 3?", "chosen": " 2 plus 3 is 5.", "rejected": " It is 6, I think."},
-    {"prompt": "Name a colour.", "chosen": " Blue.", "rejected": " Seven."},
-    {"prompt": "Count from 1.", "chosen": " 1, 2, 3.", "rejected": " 3, 2, 1, 0, -1."},
-    {"prompt": "Say hello.", "chosen": " Hello there, how are you?", "rejected": " No."},
-    {"prompt": "What is 10 plus 20?", "chosen": " 30.", "rejected": " 10 plus 20 is 31."},
-    {"prompt": "Is ice cold?", "chosen": " Yes, ice is cold.", "rejected": " No, it is hot."},
-]
 
 
 def _pairs_corpus(tmp_path, tok_dir, records=PAIRS, **kw):
@@ -43,11 +36,6 @@ def _llt_trainer(tmp_path, tok_dir, model_dir, *flags, corpus=None):
                              str(tmp_path / "runs"), "--per_device_train_batch_size", str(len(PAIRS)),
                              "--use_cpu", "true", "--report_to", "none", "--seed", "0", *flags])
     return trainer, next(iter(trainer.get_train_dataloader())), corpus
-
-
-def _grads(model) -> dict[str, torch.Tensor]:
-    return {n.split("base_model.model.")[-1]: p.grad.detach().clone()
-            for n, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("center", [None, 0.05])

@@ -68,6 +68,17 @@ class TrainingMethod:
         raise NotImplementedError
 
 
+def require_pairs(data, recipe: str) -> None:
+    """Refuse any corpus but preference pairs (for the methods that train on pairs), naming
+    the kinds `--data_path` holds."""
+    from llt.errors import DataError
+
+    kinds = {h.get("encode_type") for h in data.dataset.headers}
+    if kinds != {"preference"}:
+        raise DataError(f"{recipe} trains on preference pairs (llt encode --encode_type preference); "
+                        f"--data_path holds {', '.join(sorted(map(str, kinds - {'preference'})))} corpora")
+
+
 def get_method(name: str) -> TrainingMethod:
     """The method registered under `name` (a key of `METHODS`)."""
     module, _, cls = METHODS[name].partition(":")

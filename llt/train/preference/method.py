@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import copy
 
-from llt.errors import ConfigError, DataError
-from llt.train.methods import RunArgs, TrainingMethod
+from llt.errors import ConfigError
+from llt.train.methods import RunArgs, TrainingMethod, require_pairs
 from llt.train.preference.config import PreferenceArguments
 
 
@@ -36,10 +36,7 @@ class Preference(TrainingMethod):
                               "once before training) or --use_lora")
 
     def check_corpora(self, data) -> None:
-        kinds = {h.get("encode_type") for h in data.dataset.headers}
-        if kinds != {"preference"}:
-            raise DataError(f"recipes/dpo.py trains on preference pairs (llt encode --encode_type preference); "
-                            f"--data_path holds {', '.join(sorted(map(str, kinds - {'preference'})))} corpora")
+        require_pairs(data, "recipes/dpo.py")
 
     def install_loss(self, model, run: RunArgs, n_groups: int) -> bool:
         from llt.model.loss import supports_chunked_loss, use_chunked_loss

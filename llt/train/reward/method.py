@@ -6,8 +6,8 @@ token in padding-free batches (`llt.model.reward`), whole pairs per micro-batch,
 
 from __future__ import annotations
 
-from llt.errors import ConfigError, DataError
-from llt.train.methods import RunArgs, TrainingMethod
+from llt.errors import ConfigError
+from llt.train.methods import RunArgs, TrainingMethod, require_pairs
 from llt.train.reward.config import RewardArguments
 
 
@@ -23,10 +23,7 @@ class Reward(TrainingMethod):
                               "model has none; drop the flag")
 
     def check_corpora(self, data) -> None:
-        kinds = {h.get("encode_type") for h in data.dataset.headers}
-        if kinds != {"preference"}:
-            raise DataError(f"recipes/reward.py trains on preference pairs (llt encode --encode_type preference); "
-                            f"--data_path holds {', '.join(sorted(map(str, kinds - {'preference'})))} corpora")
+        require_pairs(data, "recipes/reward.py")
 
     def install_loss(self, model, run: RunArgs, n_groups: int) -> bool:
         from llt.model.reward import supports_reward_forward, use_reward_forward
