@@ -51,14 +51,14 @@ class RewardTrainer(LltTrainer):
         rewards = rewards.to(torch.promote_types(rewards.dtype, torch.float32))
         trained = torch.bincount(docs[(labels != IGNORE_INDEX) & (docs >= 0)], minlength=n_docs)
         real = (trained[0::2] > 0) & (trained[1::2] > 0)  # fillers and emptied pairs drop out
-        self._graph_anchor = rewards.sum() * 0  # keeps a batch of fillers only in the graph
         return rewards[0::2][real], rewards[1::2][real]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         split = "train" if model.training else "eval"
         chosen, rejected = self.pair_rewards(model, inputs, split)
         losses = reward_loss(chosen, rejected, self.reward.center_rewards_coefficient)
-        loss = losses.mean() if len(losses) else self._graph_anchor
+        # a batch of fillers only: 0, still in the graph (the empty selection keeps it), as ranks need
+        loss = losses.mean() if len(losses) else losses.sum()
         if split == "train":
             self._record(chosen.detach(), rejected.detach())
         return (loss, {"loss": loss}) if return_outputs else loss
