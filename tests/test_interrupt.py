@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -243,6 +244,7 @@ def test_ctrl_c_in_training_saves_then_a_second_exits_at_once(tmp_path, tiny_mod
     r = _interrupt(_train_cmd(tiny_model_dir, toy_corpora["qa_packed"], run), _training_began(began), signal.SIGINT)
     assert r["rc"] == 0, r["err"][-3000:]
     assert "stopped by SIGINT after step" in r["out"], r["out"][-2000:] + r["err"][-2000:]
+    assert "llt: SIGINT received: a checkpoint is saved after this step" in r["err"], r["err"][-2000:]
     assert checkpoints(run_folder(run)), "the first Ctrl-C saves a resumable checkpoint"
 
     for f in began.iterdir():
@@ -251,10 +253,23 @@ def test_ctrl_c_in_training_saves_then_a_second_exits_at_once(tmp_path, tiny_mod
     while not any(began.iterdir()):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.01)
+    # The second Ctrl-C goes once the first has been seen: two signals that arrive before
+    # Python runs its handler are one signal to it.
+    lines: list[str] = []
+    readers = [threading.Thread(target=lambda: lines.extend(proc.stderr)),
+               threading.Thread(target=proc.stdout.read)]
+    for t in readers:
+        t.start()
     os.killpg(proc.pid, signal.SIGINT)
-    time.sleep(0.001)
+    deadline = time.monotonic() + 60
+    while not any("Ctrl-C again" in line for line in lines):
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+        time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    proc.wait(timeout=30)
+    for t in readers:
+        t.join()
+    err = "".join(lines)
     assert proc.returncode == 130, err[-3000:]
     assert err.strip().splitlines()[-1].startswith("llt train: interrupted; exited without a new checkpoint"), err[-3000:]
     assert "Traceback" not in err, err[-3000:]

@@ -19,6 +19,7 @@ figures, and MFU counts the matmul FLOPs only (llt's collator also counts attent
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -291,7 +292,14 @@ class PreemptionCallback(TrainerCallback):
     def _handle(self, signum, frame):
         if signum == signal.SIGINT and self.received is not None:
             raise KeyboardInterrupt
+        first = self.received is None
         self.received = signum
+        if first and os.environ.get("LOCAL_RANK", "0") == "0":
+            # Say at once that the signal was seen (a step may take minutes). os.write, not
+            # print: the handler may run while the main thread is inside a write to stderr.
+            again = " (Ctrl-C again to stop at once, without one)" if signum == signal.SIGINT else ""
+            os.write(2, f"llt: {signal.Signals(signum).name} received: a checkpoint is saved "
+                        f"after this step{again}\n".encode())
 
     def on_train_begin(self, args, state, control, **kw):
         import threading
@@ -301,7 +309,6 @@ class PreemptionCallback(TrainerCallback):
                     self._previous[sig] = signal.signal(sig, self._handle)
             # Under `llt launch`, say which processes train: the signal goes to them, not to
             # a launcher that would quit (or kill them) before the checkpoint is saved.
-            import os
             if os.environ.get("LLT_LAUNCH_DIR"):
                 Path(os.environ["LLT_LAUNCH_DIR"], str(os.getpid())).touch()
 
