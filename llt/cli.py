@@ -10,6 +10,8 @@
     llt dpo --help         preference tuning (DPO, IPO, SimPO, ORPO) on pairs from
                            `llt encode --encode_type preference` (recipes/dpo.py)
     llt reward --help      a reward model (Bradley-Terry) on the same pairs (recipes/reward.py)
+    llt kto --help         KTO on labelled examples from `llt encode --encode_type kto`, or on
+                           pairs (recipes/kto.py)
     llt score MODEL --input_path pairs.jsonl
                            a reward model's accuracy and each pair's rewards
     llt launch CMD...      run a launcher (accelerate, torchrun, deepspeed) so that SIGTERM/SIGUSR1
@@ -51,7 +53,7 @@ def _encode(argv: list[str]) -> int:
 # Each command's `main(argv)`, imported only when that command runs (start-up stays fast).
 MODULES = {"inspect": "llt.shards.inspect:inspect_main", "verify": "llt.shards.verify:verify_main",
            "train": "llt.train.sft", "dpo": "llt.train.preference", "reward": "llt.train.reward",
-           "score": "llt.score", "launch": "llt.launch", "export": "llt.runs.export", "generate": "llt.runs.generate",
+           "kto": "llt.train.kto", "score": "llt.score", "launch": "llt.launch", "export": "llt.runs.export", "generate": "llt.runs.generate",
            "plot": "llt.runs.plot", "quickstart": "llt.quickstart"}
 
 
@@ -70,7 +72,7 @@ def _inspect(argv: list[str]) -> int:
 
 # Commands that give SIGTERM (and SIGINT) a meaning of their own: training saves a
 # preemption checkpoint (llt.train.callbacks), `llt launch` forwards them.
-SIGNALS_OWN = {"train", "dpo", "reward", "launch", "quickstart"}
+SIGNALS_OWN = {"train", "dpo", "reward", "kto", "launch", "quickstart"}
 # What an interrupted command left, said after "interrupted".
 INTERRUPTED = {"encode": "nothing was left under a final shard name",
                "export": "nothing was left under --out"}

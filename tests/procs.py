@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"sft": ROOT / "recipes" / "sft.py", "dpo": ROOT / "recipes" / "dpo.py",
-           "reward": ROOT / "recipes" / "reward.py"}
+           "reward": ROOT / "recipes" / "reward.py", "kto": ROOT / "recipes" / "kto.py"}
 HELPER = ROOT / "tests" / "helpers" / "record_samples.py"  # trains like recipes/sft.py, recording samples
 
 

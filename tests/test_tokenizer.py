@@ -47,7 +47,7 @@ def test_encode_flags_parse_like_hf_argument_parser():
                                         "--merge_data", "True"], "llt encode")
     assert args.merge_data is True and args.data_loader_path == "l.py" and args.input_path == []
     from llt.errors import ConfigError
-    with pytest.raises(ConfigError, match=r"^--encode_type: poems is not one of pretrain, qa, chat, preference$"):
+    with pytest.raises(ConfigError, match=r"^--encode_type: poems is not one of pretrain, qa, chat, preference, kto$"):
         parse_dataclass(EncodeArgs, ["--tokenizer_path", "t", "--encode_type", "poems"], "llt encode")
 
 

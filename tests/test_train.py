@@ -354,13 +354,15 @@ def test_contradictory_or_impossible_flags_fail_naming_the_flag(flags, message):
 def test_shipped_recipes_parse(tmp_path):
     from pathlib import Path
 
+    from llt.train.kto.config import KtoArguments
     from llt.train.parse import parse_args
     from llt.train.preference.config import PreferenceArguments
     from llt.train.reward.config import RewardArguments
 
+    own = {"dpo": PreferenceArguments, "reward": RewardArguments, "kto": KtoArguments}
     for recipe in sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")):
-        # recipes/dpo.py's and recipes/reward.py's own flags
-        extra = (PreferenceArguments,) if "dpo" in recipe.stem else (RewardArguments,) if "reward" in recipe.stem else ()
+        # recipes/dpo.py's, recipes/reward.py's and recipes/kto.py's own flags
+        extra = tuple(cls for name, cls in own.items() if name in recipe.stem)
         groups = parse_args([str(recipe), "--model_path", "m", "--data_path", "d", "--use_cpu",
                              "--output_dir", str(tmp_path / recipe.stem)], extra)
         assert groups[3].output_dir == str(tmp_path / recipe.stem)

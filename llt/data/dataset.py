@@ -139,8 +139,11 @@ class ShardDataset(torch.utils.data.Dataset):
             for lo, hi in _gaps(reader.loss_spans(j), len(ids)):
                 labels[lo:hi] = IGNORE_INDEX
             labels[starts] = IGNORE_INDEX
-        return {"input_ids": ids, "labels": labels, "doc_starts": starts,
-                "corpus": int(self.shard_corpus[s]), "filler": filler, "index": i}
+        out = {"input_ids": ids, "labels": labels, "doc_starts": starts,
+               "corpus": int(self.shard_corpus[s]), "filler": filler, "index": i}
+        if reader.labelled:  # KTO examples: each document's desirable / undesirable label
+            out["doc_labels"] = reader.doc_labels(j)
+        return out
 
 
 def corpus_name(path) -> str:

@@ -41,11 +41,12 @@ class EncodeArgs:
     streaming: bool = field(default=False, **_help(
         "Stream --dataset (and URL inputs) instead of preparing it in the datasets cache; the "
         "workers split it by the dataset's own shards (files)."))
-    encode_type: Literal["pretrain", "qa", "chat", "preference"] = field(default="pretrain", **_help(
+    encode_type: Literal["pretrain", "qa", "chat", "preference", "kto"] = field(default="pretrain", **_help(
         "pretrain: text, loss on every token; qa: question/answer pairs, loss on the answer "
         "and EOS; chat: multi-turn `messages`, loss on assistant turns; preference: "
         "prompt/chosen/rejected pairs (TRL's formats), one sample per pair, loss spans on the "
-        "completions (for recipes/dpo.py)."))
+        "completions (for recipes/dpo.py and recipes/reward.py); kto: prompt/completion/label "
+        "examples (TRL's unpaired format), the label stored with each (for recipes/kto.py)."))
     max_length: int = field(default=2048, **_help(
         "Tokens per sample: pretrain text is cut into samples of this length; longer qa/chat "
         "samples are handled by --overlong; --merge_data packs up to this length."))
@@ -65,10 +66,13 @@ class EncodeArgs:
     messages_field: str = field(default="messages", **_help(
         "Field holding the list of {role, content} messages (chat)."))
     prompt_field: str = field(default="prompt", **_help(
-        "preference: field holding the prompt (a string or messages; absent: the messages the "
-        "two completions share)."))
+        "preference and kto: field holding the prompt (a string or messages; absent from a pair: "
+        "the messages the two completions share)."))
     chosen_field: str = field(default="chosen", **_help("preference: field holding the chosen completion."))
     rejected_field: str = field(default="rejected", **_help("preference: field holding the rejected completion."))
+    completion_field: str = field(default="completion", **_help("kto: field holding the completion."))
+    label_field: str = field(default="label", **_help(
+        "kto: field holding the label, a boolean: true for a desirable completion, false for an undesirable one."))
     tools_field: str = field(default="tools", **_help(
         "Field holding a chat record's tool schemas (a list of JSON schemas, or that list as "
         "a JSON string), passed to the chat template as `tools`."))
@@ -111,7 +115,8 @@ class EncodeArgs:
         """The record fields a table input must have ("name?": read when present)."""
         return {"pretrain": [self.text_field], "chat": [self.messages_field, self.tools_field + "?"],
                 "preference": [self.prompt_field + "?", self.chosen_field, self.rejected_field,
-                               self.tools_field + "?"]}.get(self.encode_type, [self.q_field, self.a_field])
+                               self.tools_field + "?"],
+                "kto": [self.prompt_field, self.completion_field, self.label_field, self.tools_field + "?"]}.get(self.encode_type, [self.q_field, self.a_field])
 
     @property
     def uses_chat_template(self) -> bool:

@@ -162,7 +162,7 @@ def _chat_section(tok, args: EncodeArgs, info: TokenizerInfo):
     (None, None) when the encode renders no template. Built here once: a bad template
     fails before any work."""
     # preference records may be strings or messages: the template is used when there is one
-    if not (args.uses_chat_template or (args.encode_type == "preference"
+    if not (args.uses_chat_template or (args.encode_type in ("preference", "kto")
                                         and (info.has_chat_template or args.chat_template))):
         return None, None
     date = args.chat_date or datetime.date.today().isoformat()

@@ -19,6 +19,7 @@ class Sample:
     tokens: np.ndarray
     spans: np.ndarray | None  # [k, 2]
     docs: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    labels: np.ndarray | None = None  # uint8 per document: KTO examples only
 
 
 def split_batch(batch: SampleBatch) -> list[Sample]:
@@ -26,10 +27,12 @@ def split_batch(batch: SampleBatch) -> list[Sample]:
     ends = np.cumsum(batch.lengths)
     tok = np.split(batch.tokens, ends[:-1]) if len(batch) else []
     docs = np.split(batch.doc_starts, np.cumsum(batch.doc_counts)[:-1]) if len(batch) else []
+    labels = (np.split(batch.doc_labels, np.cumsum(batch.doc_counts)[:-1]) if batch.doc_labels is not None
+              and len(batch) else [None] * len(tok))
     if batch.spans is None:
-        return [Sample(t, None, d) for t, d in zip(tok, docs)]
+        return [Sample(t, None, d, lab) for t, d, lab in zip(tok, docs, labels)]
     spans = np.split(batch.spans, np.cumsum(batch.span_counts)[:-1])
-    return [Sample(t, s, d) for t, s, d in zip(tok, spans, docs)]
+    return [Sample(t, s, d, lab) for t, s, d, lab in zip(tok, spans, docs, labels)]
 
 
 def join_samples(samples: list[Sample], has_loss_mask: bool) -> SampleBatch:
@@ -43,6 +46,8 @@ def join_samples(samples: list[Sample], has_loss_mask: bool) -> SampleBatch:
         span_counts=np.array([len(s.spans) for s in samples], np.int64) if has_loss_mask else None,
         spans=(np.concatenate([s.spans for s in samples]).reshape(-1, 2) if samples
                else np.zeros((0, 2), np.int64)) if has_loss_mask else None,
+        doc_labels=(np.concatenate([s.labels for s in samples]).astype(np.uint8)
+                    if samples and samples[0].labels is not None else None),
     )
 
 

@@ -31,9 +31,10 @@ def length_histogram(lengths: np.ndarray, bins: int = 10, width: int = 40) -> st
 
 
 def render_sample(tok, ids: np.ndarray, mask: np.ndarray, docs: np.ndarray, color: bool,
-                  show_mask: bool, pairs: bool = False) -> str:
+                  show_mask: bool, pairs: bool = False, labels: np.ndarray | None = None) -> str:
     """Decoded text with trained tokens marked and packed documents separated; in a
-    preference corpus each document is labelled as the chosen or rejected side of its pair."""
+    preference corpus each document is labelled as the chosen or rejected side of its pair,
+    in a KTO corpus as a desirable or undesirable example."""
     on, off = ("\x1b[32m", "\x1b[0m") if color else ("[[", "]]")
     bounds = sorted(set(np.flatnonzero(np.diff(mask.astype(np.int8))) + 1) | set(docs.tolist())
                     | {0, len(ids)})
@@ -43,6 +44,9 @@ def render_sample(tok, ids: np.ndarray, mask: np.ndarray, docs: np.ndarray, colo
         if lo in starts and pairs:
             k = starts.index(lo)
             out.append(f"{chr(10) if lo else ''}----- {'rejected' if k % 2 else 'chosen'} (pair {k // 2 + 1}) -----\n")
+        elif lo in starts and labels is not None:
+            k = starts.index(lo)
+            out.append(f"{chr(10) if lo else ''}----- {'desirable' if labels[k] else 'undesirable'} -----\n")
         elif lo in starts and lo:
             out.append(f"\n----- document starts at token {lo} -----\n")
         text = tok.decode(ids[lo:hi].tolist())
@@ -126,4 +130,5 @@ def print_samples(target: Target, readers: list[ShardReader], lengths: np.ndarra
               f"tokens, {int(mask.sum()):,} trained, {len(docs)} document(s)"
               f"{f'; first {cut}' if cut < len(ids) else ''} ---")
         print(render_sample(tok, ids[:cut], mask[:cut], docs[docs < cut], color, show_mask,
-                            pairs=r.header.get("encode_type") == "preference"))
+                            pairs=r.header.get("encode_type") == "preference",
+                            labels=r.doc_labels(i) if r.labelled else None))

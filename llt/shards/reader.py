@@ -100,6 +100,16 @@ class ShardReader:
         lo, hi = self._arr["doc_offsets"][i], self._arr["doc_offsets"][i + 1]
         return self._arr["doc_starts"][int(lo):int(hi)].astype(np.int64)
 
+    @property
+    def labelled(self) -> bool:
+        """Whether documents carry KTO labels (format 1.2, `doc_labels`)."""
+        return "doc_labels" in self._arr
+
+    def doc_labels(self, i: int) -> np.ndarray:
+        """The labels of sample i's documents (KTO corpora): True desirable, False undesirable."""
+        lo, hi = self._arr["doc_offsets"][i], self._arr["doc_offsets"][i + 1]
+        return self._arr["doc_labels"][int(lo):int(hi)].astype(bool)
+
     def array(self, name: str) -> np.ndarray:
         """A raw index array by its docs/format.md name (for verification tools)."""
         return self._arr[name]

@@ -88,8 +88,8 @@ def check_shard(r: ShardReader, vocab_size: int | None = None) -> list[str]:
                 found[kind] = (f"{name}: {kind}(s) outside their sample, first in sample "
                                f"{lo + int(owner[np.argmax(bad)])}")
     problems += found.values()
-    if r.header.get("encode_type") == "preference" and not problems:
-        problems += _pair_problems(r, name)
+    if r.header.get("encode_type") in ("preference", "kto") and not problems:
+        problems += _pair_problems(r, name, kto=r.header["encode_type"] == "kto")
     limit = vocab_size or r.vocab_size
     tokens = r.token_array
     for lo in range(0, len(tokens), _CHUNK):
@@ -103,15 +103,24 @@ def check_shard(r: ShardReader, vocab_size: int | None = None) -> list[str]:
     return problems
 
 
-def _pair_problems(r: ShardReader, name: str) -> list[str]:
+def _pair_problems(r: ShardReader, name: str, kto: bool = False) -> list[str]:
     """Preference shards: each sample holds whole pairs (an even number of documents, chosen
-    then rejected) and every document has a trained completion."""
+    then rejected) and every document has a trained completion. KTO shards: every document
+    has a trained completion and a label of 0 or 1."""
     doc_offs, span_offs = r.array("doc_offsets"), r.array("span_offsets")
+    if kto:
+        labels = r.array("doc_labels")
+        for lo in range(0, len(labels), _CHUNK):
+            bad = labels[lo:lo + _CHUNK] > 1
+            if bad.any():
+                k = lo + int(np.argmax(bad))
+                sample = int(np.searchsorted(doc_offs, k, side="right") - 1)
+                return [f"{name}: sample {sample}: document label {int(labels[k])} is not 0 or 1"]
     for lo in range(0, len(r), _SAMPLES):
         hi = min(lo + _SAMPLES, len(r))
         d = doc_offs[lo:hi + 1].astype(np.int64)
         counts = np.diff(d)
-        if np.any(counts % 2):
+        if not kto and np.any(counts % 2):
             return [f"{name}: sample {lo + int(np.argmax(counts % 2))} has {int(counts[np.argmax(counts % 2)])} "
                     "documents; a preference sample holds pairs (chosen, rejected)"]
         sp = span_offs[lo:hi + 1].astype(np.int64)
@@ -124,8 +133,8 @@ def _pair_problems(r: ShardReader, name: str) -> list[str]:
         if not covered.all():
             k = int(np.argmin(covered))
             sample = lo + int(np.searchsorted(np.cumsum(counts), k, side="right"))
-            return [f"{name}: sample {sample}: a {'rejected' if k % 2 else 'chosen'} side has no trained "
-                    "completion token"]
+            side = "an example" if kto else f"a {'rejected' if k % 2 else 'chosen'} side"
+            return [f"{name}: sample {sample}: {side} has no trained completion token"]
     return []
 
 

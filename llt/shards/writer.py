@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from llt.shards.format import (ALIGN, COPY_CHUNK, FLUSH_ENTRIES, PAIRS_VERSION, PREFIX, MAGIC, TOKEN_DTYPES, VERSION,
+from llt.shards.format import (ALIGN, COPY_CHUNK, FLUSH_ENTRIES, KTO_VERSION, PAIRS_VERSION, PREFIX, MAGIC, TOKEN_DTYPES,
+                               VERSION,
                                encode_header, round_up)
 
 
@@ -31,6 +32,7 @@ class SampleBatch:
     doc_starts: np.ndarray  # int64 [k]
     span_counts: np.ndarray | None = None  # int64 [n]
     spans: np.ndarray | None = None  # int64 [m, 2]
+    doc_labels: np.ndarray | None = None  # uint8 [k]: KTO corpora, each document's label
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -57,6 +59,7 @@ class SampleBatch:
             doc_starts=cut(self.doc_counts, self.doc_starts),
             span_counts=None if self.spans is None else self.span_counts[lo:hi],
             spans=None if self.spans is None else cut(self.span_counts, self.spans),
+            doc_labels=None if self.doc_labels is None else cut(self.doc_counts, self.doc_labels),
         )
 
 
@@ -109,8 +112,10 @@ class ShardWriter:
 
     def __init__(self, tmp_stem: Path, dtype: str, vocab_size: int, has_loss_mask: bool,
                  header_extra: dict | None = None):
-        # 1.1 marks preference pairs (docs/format.md); every other corpus stays 1.0
-        self.version = PAIRS_VERSION if (header_extra or {}).get("encode_type") == "preference" else VERSION
+        # 1.1 marks preference pairs, 1.2 KTO examples (docs/format.md); every other corpus stays 1.0
+        kind = (header_extra or {}).get("encode_type")
+        self.version = {"preference": PAIRS_VERSION, "kto": KTO_VERSION}.get(kind, VERSION)
+        self.labelled = kind == "kto"
         self.tmp_stem = Path(tmp_stem)
         self.dtype = TOKEN_DTYPES[dtype]
         self.vocab_size, self.has_loss_mask = vocab_size, has_loss_mask
@@ -125,6 +130,8 @@ class ShardWriter:
         if has_loss_mask:
             self._arrays.update(span_offsets=side("spo", "<u8"), spans=side("sp", "<u4"))
         self._arrays.update(doc_offsets=side("do", "<u8"), doc_starts=side("ds", "<u4"))
+        if self.labelled:
+            self._arrays["doc_labels"] = side("dl", "<u1")
         for name in ("sample_offsets", "span_offsets", "doc_offsets"):
             if name in self._arrays:
                 self._arrays[name].append(np.zeros(1, np.uint64))
@@ -145,6 +152,10 @@ class ShardWriter:
             self.n_spans += len(batch.spans)
         a["doc_offsets"].append(self.n_docs + np.cumsum(batch.doc_counts, dtype=np.uint64))
         a["doc_starts"].append(batch.doc_starts)
+        if self.labelled:
+            if batch.doc_labels is None or len(batch.doc_labels) != len(batch.doc_starts):
+                raise ValueError("a KTO shard needs one label per document")
+            a["doc_labels"].append(batch.doc_labels)
         self.n_docs += len(batch.doc_starts)
         self.n_samples += len(batch)
         self.n_tokens += int(ids.size)

@@ -68,8 +68,9 @@ def build(run: RunArgs, method: TrainingMethod):
     model = load_model(model_args, args, tokenizer, new_ids, attn, quantization=quantization, head=method.head)
     check_data_fits(data.dataset, tokenizer, model, new_ids)
     group_loss = method.install_loss(model, run, data.n_groups)
-    collator = make_collator(data_args.padding, data.dataset, tokenizer.pad_token_id, is_varlen(attn), attn,
-                             data_args.pad_to_multiple_of, data.n_groups, **method.collator_options())
+    collator = method.wrap_collator(make_collator(data_args.padding, data.dataset, tokenizer.pad_token_id,
+                                                  is_varlen(attn), attn, data_args.pad_to_multiple_of,
+                                                  data.n_groups, **method.collator_options()))
     throughput = ThroughputCallback(flops_per_token_info(model), peak_tflops(args.peak_tflops))
     if lora_args.use_lora:
         model = apply_lora(model, lora_args, new_ids, method.lora_task_type)

@@ -1,6 +1,7 @@
 """The training methods: each is a peer in a folder of its own, and this file lists them.
 
-A method (SFT in `llt.train.sft`, preference tuning in `llt.train.preference`) supplies what
+A method (SFT in `llt.train.sft`, preference tuning in `llt.train.preference`, reward models in
+`llt.train.reward`, KTO in `llt.train.kto`) supplies what
 is its own, through `TrainingMethod`: its command, its flags, what its corpora must hold,
 what it needs the model's forward to return, its collator options and its trainer.
 Everything the methods share (parse, tokenizer, data, model, LoRA, callbacks, the run
@@ -19,6 +20,7 @@ METHODS = {
     "train": "llt.train.sft.method:SFT",
     "dpo": "llt.train.preference.method:Preference",
     "reward": "llt.train.reward.method:Reward",
+    "kto": "llt.train.kto.method:Kto",
 }
 
 
@@ -63,6 +65,10 @@ class TrainingMethod:
         """Extra keyword arguments for `llt.data.collate.make_collator`."""
         return {}
 
+    def wrap_collator(self, collator):
+        """The collator the trainer uses, given llt's (KTO adds its labels and KL documents)."""
+        return collator
+
     def trainer(self, run: RunArgs, model, common: dict):
         """The Trainer, built from `common` (the keyword arguments every llt trainer takes)."""
         raise NotImplementedError
@@ -75,8 +81,9 @@ def require_pairs(data, recipe: str) -> None:
 
     kinds = {h.get("encode_type") for h in data.dataset.headers}
     if kinds != {"preference"}:
+        hint = "; train KTO examples with llt kto (recipes/kto.py)" if "kto" in kinds else ""
         raise DataError(f"{recipe} trains on preference pairs (llt encode --encode_type preference); "
-                        f"--data_path holds {', '.join(sorted(map(str, kinds - {'preference'})))} corpora")
+                        f"--data_path holds {', '.join(sorted(map(str, kinds - {'preference'})))} corpora{hint}")
 
 
 def get_method(name: str) -> TrainingMethod:

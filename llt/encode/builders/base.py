@@ -58,6 +58,8 @@ class Fields:
     prompt: str = "prompt"
     chosen: str = "chosen"
     rejected: str = "rejected"
+    completion: str = "completion"
+    label: str = "label"
 
 
 _U32 = next(c for c in "IL" if array.array(c).itemsize == 4)  # array's 32-bit unsigned type

@@ -55,11 +55,12 @@ def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
 
 
 class PairBuilder:
-    """Preference records -> (texts to tokenize, how to assemble each pair)."""
+    """Preference records -> (texts to tokenize, how to assemble each sample). `sides`: the
+    completion fields, (chosen, rejected) for pairs or (completion,) for KTO examples."""
 
-    def __init__(self, chat: ChatEncoder | None, fields: tuple[str, str, str], prefix: list[int],
+    def __init__(self, chat: ChatEncoder | None, prompt_field: str, sides: tuple[str, ...], prefix: list[int],
                  eos_token: str | None, messages_tools: str = "tools"):
-        self.chat, self.prompt_field, self.chosen_field, self.rejected_field = chat, *fields
+        self.chat, self.prompt_field, self.sides = chat, prompt_field, sides
         self.prefix, self.eos_token, self.tools_field = prefix, eos_token, messages_tools
 
     def _field(self, rec, name: str, say):
@@ -67,37 +68,43 @@ class PairBuilder:
             raise say(f"missing field {name!r} (fields: {', '.join(map(repr, rec)) or 'none'})")
         return rec[name]
 
+    def _names(self) -> str:
+        return " and ".join(map(repr, self.sides))
+
     def plan(self, rec, say) -> tuple[str, list]:
-        """("text", [prompt, prompt+chosen+eos, prompt+rejected+eos]) for a standard record,
-        or ("chat", [chosen segments, rejected segments]) (text, trained) for a
-        conversational one."""
+        """("text", [prompt, prompt+side+eos for each side]) for a standard record, or
+        ("chat", [segments of each side]) (text, trained) for a conversational one."""
         if not isinstance(rec, dict):
-            raise say(f"expected an object with fields {self.chosen_field!r} and {self.rejected_field!r}, "
+            raise say(f"expected an object with field{'s' * (len(self.sides) > 1)} {self._names()}, "
                       f"got {type(rec).__name__}")
-        chosen, rejected = self._field(rec, self.chosen_field, say), self._field(rec, self.rejected_field, say)
+        comps = [self._field(rec, name, say) for name in self.sides]
         prompt = rec.get(self.prompt_field)
-        if isinstance(chosen, str) and isinstance(rejected, str):
+        if prompt is None and len(comps) == 1:  # an example's prompt is never implicit (as in TRL)
+            raise say(f"missing field {self.prompt_field!r} (fields: {', '.join(map(repr, rec))})")
+        if all(isinstance(c, str) for c in comps):
             if not isinstance(prompt, str):
-                raise say(f"field {self.prompt_field!r} must be a string when {self.chosen_field!r} and "
-                          f"{self.rejected_field!r} are strings (the implicit prompt form takes message lists)")
-            if not chosen or not rejected:
+                raise say(f"field {self.prompt_field!r} must be a string when {self._names()} "
+                          f"{'are strings' if len(comps) > 1 else 'is a string'}"
+                          + (" (the implicit prompt form takes message lists)" if len(comps) == 2 else ""))
+            if not all(comps):
                 return "empty", []
             eos = self.eos_token or ""
-            return "text", [prompt, prompt + chosen + (eos if not chosen.endswith(eos) else ""),
-                            prompt + rejected + (eos if not rejected.endswith(eos) else "")]
-        if not (isinstance(chosen, list) and isinstance(rejected, list)):
-            raise say(f"fields {self.chosen_field!r} and {self.rejected_field!r} must both be strings or "
-                      f"both message lists, got {type(chosen).__name__} and {type(rejected).__name__}")
-        if prompt is None:
-            n = implicit_prompt(chosen, rejected)
-            prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+            return "text", [prompt] + [prompt + c + (eos if not c.endswith(eos) else "") for c in comps]
+        if not all(isinstance(c, list) for c in comps):
+            kinds = " and ".join(type(c).__name__ for c in comps)
+            raise say(f"fields {self._names()} must both be strings or both message lists, got {kinds}"
+                      if len(comps) > 1 else f"field {self._names()} must be a string or a message list, "
+                      f"got {kinds}")
+        if prompt is None and len(comps) == 2:
+            n = implicit_prompt(*comps)
+            prompt, comps = comps[0][:n], [c[n:] for c in comps]
         elif not isinstance(prompt, list):
-            raise say(f"field {self.prompt_field!r} must be a message list like the completions")
+            raise say(f"field {self.prompt_field!r} must be a message list like the completion"
+                      + ("s" if len(comps) > 1 else ""))
         if self.chat is None:
             raise say("conversational preference records need the tokenizer's chat template "
                       "(or --chat_template FILE)")
-        return "chat", [self._side(rec, prompt, side, name, say)
-                        for side, name in ((chosen, self.chosen_field), (rejected, self.rejected_field))]
+        return "chat", [self._side(rec, prompt, side, name, say) for side, name in zip(comps, self.sides)]
 
     def _side(self, rec, prompt: list, side: list, name: str, say) -> list:
         def say_side(why: str) -> RecordError:
@@ -117,49 +124,51 @@ class PairBuilder:
 
 
 def pair_sample(kind: str, seqs: list[np.ndarray], trained: list[list[bool]] | None) -> Sample:
-    """One pair as a sample of two documents, chosen then rejected.
+    """One record as a sample of one document per side (a pair: chosen then rejected).
 
-    "text": `seqs` is [prompt, prompt+chosen, prompt+rejected] ids; each completion starts
-    where the prompt's ids and the sequence's part (TRL's `common_prefix_length`).
+    "text": `seqs` is [prompt, prompt+side, ...] ids; each completion starts where the
+    prompt's ids and the sequence's part (TRL's `common_prefix_length`; for a pair, the
+    earlier of the two sides').
     "chat": `seqs` holds each side's segment ids in order, `trained` each segment's flag.
     """
     if kind == "text":
-        prompt, chosen, rejected = seqs
-        start = min(common_prefix(prompt, chosen), common_prefix(prompt, rejected))
-        sides = [(chosen, np.array([[start, len(chosen)]], np.int64)),
-                 (rejected, np.array([[start, len(rejected)]], np.int64))]
+        prompt, *full = seqs
+        start = min(common_prefix(prompt, f) for f in full)
+        sides = [(f, np.array([[start, len(f)]], np.int64)) for f in full]
     else:
-        half = len(trained[0])
-        sides = []
-        for segs, flags in ((seqs[:half], trained[0]), (seqs[half:], trained[1])):
+        sides, at = [], 0
+        for flags in trained:
+            segs = seqs[at:at + len(flags)]
+            at += len(flags)
             ends = np.cumsum([len(s) for s in segs])
             spans = [(e - len(s), e) for s, e, t in zip(segs, ends, flags) if t and len(s)]
             sides.append((np.concatenate(segs), np.array(spans, np.int64).reshape(-1, 2)))
-    (c, cs), (r, rs) = sides
-    return Sample(np.concatenate([c, r]).astype(np.uint32), np.concatenate([cs, rs + len(c)]),
-                  np.array([0, len(c)], np.int64))
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t, _ in sides])[:-1]]).astype(np.int64)
+    return Sample(np.concatenate([t for t, _ in sides]).astype(np.uint32),
+                  np.concatenate([sp + off for (_, sp), off in zip(sides, offsets)]), offsets)
 
 
 def limit_pair(s: Sample, max_length: int, overlong: str) -> Sample | None:
-    """`--overlong` for a pair longer than `max_length`: None (drop), or with `truncate` each
-    side cut to its first max_length // 2 tokens; dropped anyway if a side keeps no
-    trained token (a pair needs both completions)."""
+    """`--overlong` for a sample longer than `max_length`: None (drop), or with `truncate`
+    each side cut to its first max_length // sides tokens; dropped anyway if a side keeps
+    no trained token (a pair needs both completions, an example its one)."""
     if len(s.tokens) <= max_length:
         return s
     if overlong != "truncate":
         return None
-    half, mid = max_length // 2, int(s.docs[1])
+    part = max_length // len(s.docs)
+    bounds = list(s.docs) + [len(s.tokens)]
     out_tokens, out_spans = [], []
-    for lo, hi in ((0, mid), (mid, len(s.tokens))):
-        keep = min(hi - lo, half)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        keep = min(hi - lo, part)
         spans = s.spans[(s.spans[:, 0] >= lo) & (s.spans[:, 0] < lo + keep)] - lo
         spans = np.minimum(spans, keep)
         if not len(spans) or not (spans[:, 1] > spans[:, 0]).any():
             return None
         out_spans.append(spans + sum(len(t) for t in out_tokens))
         out_tokens.append(s.tokens[lo:lo + keep])
-    return Sample(np.concatenate(out_tokens), np.concatenate(out_spans),
-                  np.array([0, len(out_tokens[0])], np.int64))
+    docs = np.concatenate([[0], np.cumsum([len(t) for t in out_tokens])[:-1]]).astype(np.int64)
+    return Sample(np.concatenate(out_tokens), np.concatenate(out_spans), docs, s.labels)
 
 
 class PreferenceBuilder(Builder):
@@ -168,13 +177,22 @@ class PreferenceBuilder(Builder):
     def __init__(self, *args, chat: ChatEncoder | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         n = self.names
-        self.pairs = PairBuilder(chat, (n.prompt, n.chosen, n.rejected), self.info.prefix_ids,
-                                 self.info.eos_token, n.tools)
+        self.pairs = PairBuilder(chat, n.prompt, self.side_fields(), self.info.prefix_ids, self.info.eos_token,
+                                 n.tools)
+
+    def side_fields(self) -> tuple[str, ...]:
+        return self.names.chosen, self.names.rejected
+
+    def label(self, rec, say) -> int | None:
+        """The sample's document label (KTO examples); None for pairs."""
+        return None
 
     def samples(self, records: list, where: Where) -> SampleBatch | None:
         texts, owners, plans = [], [], []
         for k, rec in enumerate(records):
-            kind, parts = self.pairs.plan(rec, lambda why, k=k: RecordError(f"{where(k)}: {why}"))
+            say = lambda why, k=k: RecordError(f"{where(k)}: {why}")
+            kind, parts = self.pairs.plan(rec, say)
+            label = self.label(rec, say)
             if kind == "empty" or (kind == "chat" and not all(parts)):
                 if kind == "empty":
                     self._skip(where, k, "an empty completion")
@@ -182,7 +200,8 @@ class PreferenceBuilder(Builder):
                     self.stats.skipped_unrendered += 1
                 continue
             pieces = parts if kind == "text" else [t for side in parts for t, _ in side]
-            plans.append((kind, len(pieces), None if kind == "text" else [[f for _, f in side] for side in parts]))
+            plans.append((kind, len(pieces), None if kind == "text" else [[f for _, f in side] for side in parts],
+                          label))
             texts += pieces
             owners += [k] * len(pieces)
         if not plans:
@@ -191,12 +210,14 @@ class PreferenceBuilder(Builder):
         seqs = np.split(ids, np.cumsum(lens)[:-1])
         prefix = np.array(self.info.prefix_ids, np.uint32)
         kept, at = [], 0
-        for kind, n, flags in plans:
+        for kind, n, flags, label in plans:
             parts = seqs[at:at + n]
             at += n
             if kind == "text":  # as TRL tokenizes: with the tokenizer's own prefix (a BOS)
                 parts = [np.concatenate([prefix, p]) for p in parts]
             pair = pair_sample(kind, parts, flags)
+            if label is not None:
+                pair.labels = np.array([label], np.uint8)
             whole = len(pair.tokens)
             pair = limit_pair(pair, self.max_length, self.overlong)
             if pair is None:

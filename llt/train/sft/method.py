@@ -12,9 +12,13 @@ class SFT(TrainingMethod):
 
     def check_corpora(self, data) -> None:
         """SFT on a pair corpus would train the rejected completions too."""
-        if "preference" in {h.get("encode_type") for h in data.dataset.headers}:
+        kinds = {h.get("encode_type") for h in data.dataset.headers}
+        if "preference" in kinds:
             raise DataError("--data_path holds preference pairs (encode_type preference); train them with "
                             "recipes/dpo.py (`llt dpo`), which trains the chosen completion against the rejected")
+        if "kto" in kinds:  # SFT would imitate the undesirable completions too
+            raise DataError("--data_path holds KTO examples (encode_type kto), whose undesirable completions SFT "
+                            "would imitate; train them with recipes/kto.py (`llt kto`)")
 
     def install_loss(self, model, run: RunArgs, n_groups: int) -> bool:
         from llt.model.loss import use_chunked_loss

@@ -1,0 +1,83 @@
+"""KTO as a training method: labelled example corpora (or pair corpora read as examples with
+`--pairs_as_kto`), llt's forward returning each trained target's loss, the examples'
+mismatched completions for the KL estimate (`kto.collate`), and `KtoTrainer` with the
+reference its flags imply: the model with its LoRA adapter disabled, or a frozen copy.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from llt.errors import ConfigError, DataError
+from llt.train.kto.config import KtoArguments
+from llt.train.methods import RunArgs, TrainingMethod
+
+
+class Kto(TrainingMethod):
+    command = "llt kto"
+    arguments = (KtoArguments,)
+
+    def __init__(self):
+        self.kto: KtoArguments | None = None
+        self.pairs = False  # a pair corpus is read as examples
+
+    def check_flags(self, run: RunArgs) -> None:
+        """The example log-probs come from llt's own forward (`llt.model.loss`)."""
+        self.kto, args = run.extra[0], run.train
+        if not run.model.chunked_loss:
+            raise ConfigError("--chunked_loss false: llt kto computes the completions' log-probs with llt's "
+                              "chunked loss (the same values as full logits); drop the flag")
+        if args.use_liger_kernel:
+            raise ConfigError("--use_liger_kernel: Liger's fused loss returns one mean loss, and llt kto needs "
+                              "each completion's log-probs; drop the flag")
+        if self.kto.uses_kl and args.per_device_train_batch_size < 2:
+            raise ConfigError("--per_device_train_batch_size 1: KTO estimates its KL term from the other "
+                              "examples of a micro-batch, so with one it is the example's own reward (TRL "
+                              "refuses it too); use 2 or more, or --kto_loss apo_zero_unpaired")
+        if not run.lora.use_lora and _zero_stage(args) == 3:
+            raise ConfigError("llt kto under ZeRO-3 without LoRA: a frozen reference copy of a partitioned "
+                              "model is not supported; add --use_lora (the reference is the adapter disabled)")
+
+    def check_corpora(self, data) -> None:
+        kinds = {h.get("encode_type") for h in data.dataset.headers}
+        if "preference" in kinds and not self.kto.pairs_as_kto:
+            raise DataError("--data_path holds preference pairs (encode_type preference); add --pairs_as_kto to "
+                            "train each chosen completion as desirable and each rejected one as undesirable, "
+                            "or train them with llt dpo")
+        other = kinds - {"kto", "preference"}
+        if other:
+            raise DataError("recipes/kto.py trains on KTO examples (llt encode --encode_type kto) or, with "
+                            f"--pairs_as_kto, preference pairs; --data_path holds {', '.join(sorted(map(str, other)))} "
+                            "corpora")
+        self.pairs = "preference" in kinds
+
+    def install_loss(self, model, run: RunArgs, n_groups: int) -> bool:
+        from llt.model.loss import supports_chunked_loss, use_chunked_loss
+
+        reason = supports_chunked_loss(model)
+        if reason:
+            raise ConfigError(f"--model_path {run.model.model_path}: llt kto reads log-probs through llt's "
+                              f"chunked loss, which this model cannot use: {reason}")
+        use_chunked_loss(model)
+        return False  # the loss is per example, not per corpus
+
+    def collator_options(self) -> dict:
+        return {"pairs": True}  # each position's document number
+
+    def wrap_collator(self, collator):
+        from llt.train.kto.collate import KtoCollator
+
+        return KtoCollator(collator, pairs=self.pairs, kl=self.kto.uses_kl)
+
+    def trainer(self, run: RunArgs, model, common: dict):
+        from llt.train.kto.trainer import KtoTrainer
+
+        ref_model = None
+        if not run.lora.use_lora:
+            ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(run.train.device)
+        return KtoTrainer(**common, kto=run.extra[0], ref_model=ref_model)
+
+
+def _zero_stage(args) -> int:
+    cfg = getattr(args, "hf_deepspeed_config", None)
+    return int(cfg.config.get("zero_optimization", {}).get("stage", 0)) if cfg is not None else 0
