@@ -12,7 +12,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from conftest import encode, read_corpus, run_folder
 from test_preference import PAIRS, _grads, _perturb
 
@@ -243,12 +242,12 @@ def test_an_empty_completion_is_skipped_and_counted_or_refused_with_strict(tmp_p
         encode(tmp_path, tiny_tok_dir, [src], encode_type="kto", strict=True, corpus_name="s")
 
 
-def _kto_shard(tmp_path, labels, arrays=True):
+def _kto_shard(tmp_path, labels):
     from llt.shards.writer import SampleBatch, ShardWriter
 
     w = ShardWriter(tmp_path / "s", "uint16", 100, True, {"encode_type": "kto"})
     w.add(SampleBatch(np.arange(10, dtype=np.uint32), np.array([10]), np.array([2]), np.array([0, 5]),
-                      np.array([2]), np.array([[2, 5], [7, 10]]), np.array(labels, np.uint8)))
+                      np.array([2]), np.array([[2, 5], [7, 10]]), {"doc_labels": np.array(labels, np.uint8)}))
     done = w.close()
     done.tmp_bin.rename(tmp_path / "s.bin")
     done.tmp_idx.rename(tmp_path / "s.idx")

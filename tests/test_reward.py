@@ -38,15 +38,22 @@ def _llt_trainer(tmp_path, tok_dir, model_dir, *flags, corpus=None):
     return trainer, next(iter(trainer.get_train_dataloader())), corpus
 
 
-@pytest.mark.parametrize("center", [None, 0.05])
-def test_loss_and_gradients_equal_trl(tmp_path, tiny_tok_dir, tiny_tok, tiny_model_dir, center):
+MARGINS = [0.5, -0.3, 1.0, 0.0, 2.0, 0.25]
+
+
+@pytest.mark.parametrize("center, margins", [(None, False), (0.05, False), (None, True)])
+def test_loss_and_gradients_equal_trl(tmp_path, tiny_tok_dir, tiny_tok, tiny_model_dir, center, margins):
+    """With margins: TRL's optional `margin` field, stored per pair by --margin_field."""
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
     flags = ["--center_rewards_coefficient", str(center)] if center else []
-    trainer, batch, corpus = _llt_trainer(tmp_path, tiny_tok_dir, tiny_model_dir, *flags)
+    records = [{**p, "margin": m} for p, m in zip(PAIRS, MARGINS)] if margins else PAIRS
+    corpus = _pairs_corpus(tmp_path, tiny_tok_dir, records, **({"margin_field": "margin"} if margins else {}))
+    trainer, batch, corpus = _llt_trainer(tmp_path, tiny_tok_dir, tiny_model_dir, *flags, corpus=corpus)
+    assert ("llt_margins" in batch) == margins
     model = trainer.model.double()
     with torch.no_grad():  # a score head far from its small initial values: rewards of either sign
         model.score.weight.mul_(40)
@@ -59,12 +66,13 @@ def test_loss_and_gradients_equal_trl(tmp_path, tiny_tok_dir, tiny_tok, tiny_mod
     cfg = RewardConfig(output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True, bf16=False,
                        center_rewards_coefficient=center, per_device_train_batch_size=len(PAIRS))
     theirs_trainer = RewardTrainer(model=theirs_model, args=cfg, processing_class=tiny_tok,
-                                   train_dataset=Dataset.from_list(PAIRS))
+                                   train_dataset=Dataset.from_list(records))
     rows = [_sides(s) for s in read_corpus(corpus)]
     # TRL tokenizes prompt + completion + EOS as one text, as llt's pair encoder does
     assert [(r["chosen_ids"], r["rejected_ids"]) for r in theirs_trainer.train_dataset] == rows
     inputs = DataCollatorForPreference(pad_token_id=tiny_tok.pad_token_id)(
-        [{"chosen_ids": c, "rejected_ids": r} for c, r in rows])
+        [{"chosen_ids": c, "rejected_ids": r, **({"margin": m} if margins else {})}
+         for (c, r), m in zip(rows, MARGINS)])
     theirs_model.train()
     theirs = theirs_trainer.compute_loss(theirs_model, inputs)
     theirs.backward()
@@ -109,7 +117,7 @@ def test_lora_reward_model_learns_holds_out_exports_and_scores_as_trained(tmp_pa
     assert batch["input_ids"].shape[0] == 1 and int((batch["position_ids"] == 0).sum()) > 2  # packed, flat
     seqs = [s for row in batch["llt_docs"] for s in _documents(batch["input_ids"][0], row)]
     with torch.no_grad():
-        chosen, rejected = trainer.pair_rewards(model, dict(batch), "eval")
+        chosen, rejected, _ = trainer.pair_rewards(model, dict(batch), "eval")
     trained = torch.stack([chosen, rejected], 1).reshape(-1)
 
     run = run_folder(tmp_path / "runs")  # its final checkpoint: the model above
@@ -224,3 +232,41 @@ def test_two_process_reward_and_zero3(tmp_path, tiny_model_dir, pair_corpus):
 
         info = export(str(next((tmp_path / name).glob("*/checkpoint-3"))), tmp_path / f"rm-{name}", check=True)
         assert info["check_max_abs_logit_diff"] < 1e-4, (name, info)
+
+
+@pytest.mark.parametrize("record, problem", [
+    ({**PAIRS[0]}, "missing field 'margin' (--margin_field"),
+    ({**PAIRS[0], "margin": "big"}, "field 'margin' is 'big', not a finite number"),
+    ({**PAIRS[0], "margin": float("nan")}, "field 'margin' is nan, not a finite number"),
+])
+def test_bad_margins_are_named(tmp_path, tiny_tok_dir, record, problem):
+    import re
+
+    from llt.errors import LltError
+
+    src = write_jsonl(tmp_path / "p.jsonl", [{**PAIRS[1], "margin": 1.0}, record])
+    with pytest.raises(LltError, match=r"p\.jsonl: line 2: " + re.escape(problem)):
+        encode(tmp_path, tiny_tok_dir, [src], encode_type="preference", margin_field="margin")
+
+
+def test_margins_survive_packing_and_mixing_is_refused(tmp_path, tiny_tok_dir, tiny_model_dir, capsys):
+    from llt.cli import main as llt
+    from llt.shards.manifest import read_manifest
+    from llt.shards.reader import ShardReader
+
+    records = [{**p, "margin": m} for p, m in zip(PAIRS, MARGINS)] * 2
+    corpus = _pairs_corpus(tmp_path, tiny_tok_dir, records, margin_field="margin", merge_data=True, max_length=128)
+    plain = _pairs_corpus(tmp_path, tiny_tok_dir, corpus_name="plain")
+    got = {}
+    for shard in read_manifest(corpus)["shards"]:
+        r = ShardReader(corpus / f"{shard['name']}.idx")
+        assert r.header["_version"] == "1.2" and r.header["has_margins"]
+        for i in range(len(r)):
+            toks, docs = r.tokens(i).tolist(), r.doc_starts(i).tolist() + [len(r.tokens(i))]
+            for k, m in zip(range(0, len(docs) - 1, 2), r.doc_values("doc_margins", i)[0::2]):
+                got[tuple(toks[docs[k]:docs[k + 1]])] = float(m)
+    want = {tuple(c): float(np.float32(m)) for (c, _), m in zip(map(_sides, read_corpus(plain)), MARGINS)}
+    assert got == want  # every pair keeps its own margin through packing
+    assert llt(["reward", "--model_path", str(tiny_model_dir), "--data_path", str(corpus), str(plain),
+                "--output_path", str(tmp_path / "r"), "--max_steps", "1", "--use_cpu", "true"]) == 2
+    assert "mixes pair corpora with margins" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from llt.data.dataset import IGNORE_INDEX
 from llt.errors import DataError
 
 # What the collators add to a batch beside the model's inputs (see `BatchExtras`).
-EXTRA_KEYS = ("llt_counts", "llt_corpus_counts", "llt_groups", "llt_docs", "llt_sample_ids")
+EXTRA_KEYS = ("llt_counts", "llt_corpus_counts", "llt_groups", "llt_docs", "llt_sample_ids", "llt_margins")
 
 
 def document_positions(length: int, starts: np.ndarray) -> np.ndarray:
@@ -167,6 +167,8 @@ def add_doc_ids(batch: dict, features: list[dict], rows: list[tuple[int, int, in
     batch["llt_docs"] = torch.from_numpy(docs)
     batch["llt_sample_ids"] = torch.tensor([[f.get("index", -1), len(f["doc_starts"])] for f in features],
                                            dtype=torch.int64)
+    if all("doc_margins" in f for f in features):  # pairs with margins: each document's pair margin
+        batch["llt_margins"] = torch.from_numpy(np.concatenate([f["doc_margins"] for f in features]))
 
 
 class PaddedCollator:
@@ -235,12 +237,13 @@ class BatchExtras:
     groups: torch.Tensor | None = None
     docs: torch.Tensor | None = None  # preference pairs: see `add_doc_ids`
     sample_ids: torch.Tensor | None = None
+    margins: torch.Tensor | None = None  # pairs with margins: each document's pair margin
 
     @classmethod
     def pop(cls, batch: dict, model_takes_groups: bool) -> "BatchExtras":
         extras = cls(batch.pop("llt_counts", None), batch.pop("llt_corpus_counts", None),
                      batch.pop("llt_groups", None), batch.pop("llt_docs", None),
-                     batch.pop("llt_sample_ids", None))
+                     batch.pop("llt_sample_ids", None), batch.pop("llt_margins", None))
         if extras.groups is not None and model_takes_groups:
             batch["llt_groups"] = extras.groups
         return extras

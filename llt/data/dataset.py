@@ -141,8 +141,8 @@ class ShardDataset(torch.utils.data.Dataset):
             labels[starts] = IGNORE_INDEX
         out = {"input_ids": ids, "labels": labels, "doc_starts": starts,
                "corpus": int(self.shard_corpus[s]), "filler": filler, "index": i}
-        if reader.labelled:  # KTO examples: each document's desirable / undesirable label
-            out["doc_labels"] = reader.doc_labels(j)
+        for name in reader.doc_array_names:  # KTO labels, pair margins: one value per document
+            out[name] = reader.doc_values(name, j)
         return out
 
 

@@ -70,6 +70,9 @@ class EncodeArgs:
         "the messages the two completions share)."))
     chosen_field: str = field(default="chosen", **_help("preference: field holding the chosen completion."))
     rejected_field: str = field(default="rejected", **_help("preference: field holding the rejected completion."))
+    margin_field: str | None = field(default=None, **_help(
+        "preference: a field holding each pair's margin (a number; TRL's `margin`), stored with the pair: "
+        "llt reward then trains -log σ(r_chosen - r_rejected - margin). Every record must have it."))
     completion_field: str = field(default="completion", **_help("kto: field holding the completion."))
     label_field: str = field(default="label", **_help(
         "kto: field holding the label, a boolean: true for a desirable completion, false for an undesirable one."))
@@ -115,7 +118,7 @@ class EncodeArgs:
         """The record fields a table input must have ("name?": read when present)."""
         return {"pretrain": [self.text_field], "chat": [self.messages_field, self.tools_field + "?"],
                 "preference": [self.prompt_field + "?", self.chosen_field, self.rejected_field,
-                               self.tools_field + "?"],
+                               self.tools_field + "?"] + ([self.margin_field] if self.margin_field else []),
                 "kto": [self.prompt_field, self.completion_field, self.label_field, self.tools_field + "?"]}.get(self.encode_type, [self.q_field, self.a_field])
 
     @property
@@ -149,5 +152,7 @@ class EncodeArgs:
                 datetime.date.fromisoformat(self.chat_date)
             except ValueError:
                 raise LltError(f"--chat_date {self.chat_date!r} is not a date like 2026-01-31") from None
+        if self.margin_field and self.encode_type != "preference":
+            raise LltError(f"--margin_field applies to --encode_type preference (pairs), not {self.encode_type}")
         if self.num_workers < 0 or self.batch_size < 1:
             raise LltError("--num_workers must be >= 0 and --batch_size >= 1")

@@ -67,7 +67,7 @@ def pack_samples(samples: list[Sample], capacity: int) -> list[Sample]:
             tokens=np.concatenate([p.tokens for p in parts]),
             spans=spans,
             docs=np.concatenate([p.docs + off for p, off in zip(parts, offsets)]),
-            labels=None if parts[0].labels is None else np.concatenate([p.labels for p in parts]),
+            doc_arrays={k: np.concatenate([p.doc_arrays[k] for p in parts]) for k in parts[0].doc_arrays},
         ))
     return packed
 
@@ -92,7 +92,7 @@ class Packer:
             return None
         # Copy out of the batch so the window does not pin whole batch arrays.
         self._pending += [Sample(s.tokens.copy(), None if s.spans is None else s.spans.copy(),
-                                 s.docs.copy(), None if s.labels is None else s.labels.copy())
+                                 s.docs.copy(), {k: v.copy() for k, v in s.doc_arrays.items()})
                           for s in split_batch(batch)]
         self._pending_tokens += batch.n_tokens
         if self._pending_tokens >= self.window_tokens:

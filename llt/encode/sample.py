@@ -19,7 +19,7 @@ class Sample:
     tokens: np.ndarray
     spans: np.ndarray | None  # [k, 2]
     docs: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
-    labels: np.ndarray | None = None  # uint8 per document: KTO examples only
+    doc_arrays: dict[str, np.ndarray] = field(default_factory=dict)  # per-document values (KTO labels, margins)
 
 
 def split_batch(batch: SampleBatch) -> list[Sample]:
@@ -27,12 +27,13 @@ def split_batch(batch: SampleBatch) -> list[Sample]:
     ends = np.cumsum(batch.lengths)
     tok = np.split(batch.tokens, ends[:-1]) if len(batch) else []
     docs = np.split(batch.doc_starts, np.cumsum(batch.doc_counts)[:-1]) if len(batch) else []
-    labels = (np.split(batch.doc_labels, np.cumsum(batch.doc_counts)[:-1]) if batch.doc_labels is not None
-              and len(batch) else [None] * len(tok))
+    cuts = np.cumsum(batch.doc_counts)[:-1]
+    split = {k: np.split(v, cuts) for k, v in batch.doc_arrays.items()} if len(batch) else {}
+    values = [{k: v[i] for k, v in split.items()} for i in range(len(tok))]
     if batch.spans is None:
-        return [Sample(t, None, d, lab) for t, d, lab in zip(tok, docs, labels)]
+        return [Sample(t, None, d, v) for t, d, v in zip(tok, docs, values)]
     spans = np.split(batch.spans, np.cumsum(batch.span_counts)[:-1])
-    return [Sample(t, s, d, lab) for t, s, d, lab in zip(tok, spans, docs, labels)]
+    return [Sample(t, s, d, v) for t, s, d, v in zip(tok, spans, docs, values)]
 
 
 def join_samples(samples: list[Sample], has_loss_mask: bool) -> SampleBatch:
@@ -46,8 +47,8 @@ def join_samples(samples: list[Sample], has_loss_mask: bool) -> SampleBatch:
         span_counts=np.array([len(s.spans) for s in samples], np.int64) if has_loss_mask else None,
         spans=(np.concatenate([s.spans for s in samples]).reshape(-1, 2) if samples
                else np.zeros((0, 2), np.int64)) if has_loss_mask else None,
-        doc_labels=(np.concatenate([s.labels for s in samples]).astype(np.uint8)
-                    if samples and samples[0].labels is not None else None),
+        doc_arrays={k: np.concatenate([s.doc_arrays[k] for s in samples]) for k in
+                    (samples[0].doc_arrays if samples else {})},
     )
 
 

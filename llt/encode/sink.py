@@ -38,6 +38,8 @@ class ShardSink:
             "packed": bool(self.packer),
             "corpus_name": self.args.corpus_name,
         }
+        if self.args.encode_type == "preference" and self.args.margin_field:
+            header["has_margins"] = True  # each pair's margin in `doc_margins` (format 1.2)
         stem = self.tmp_dir / f"w{self.worker:03d}_{len(self.shards):05d}"
         return ShardWriter(stem, self.dtype, self.info.vocab_size, self.has_loss_mask, header)
 

@@ -105,7 +105,8 @@ def encode_worker(k: int, job: WorkerJob, inbox, results, progress, fingerprint=
         builder = make_builder(args.encode_type, tok, job.info, args.max_length, args.overlong, args.qa_template,
                                args.strict, Fields(args.text_field, args.q_field, args.a_field, args.messages_field,
                                                    args.tools_field, args.prompt_field, args.chosen_field,
-                                                   args.rejected_field, args.completion_field, args.label_field),
+                                                   args.rejected_field, args.completion_field, args.label_field,
+                                                   args.margin_field),
                                (INHERITED_CHAT or chat_encoder(tok, args, job.chat_date)) if job.chat_date else None)
         sink = ShardSink(job.tmp_dir, k, job.dtype, job.info, args, builder.has_loss_mask,
                          _shared_fingerprint(fingerprint, job.parent_pid) if fingerprint else None)

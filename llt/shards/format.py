@@ -19,6 +19,8 @@ A shard is two files (full description in docs/format.md):
                                      (always begins with 0)
   `doc_labels`       u8, k           KTO corpora only (version 1.2): each document's label,
                                      1 desirable, 0 undesirable
+  `doc_margins`      f32, k          pair corpora with margins only (version 1.2): each
+                                     document's pair margin (the reward model's target gap)
   =================  ==============  =====================================================
 
 `llt.shards.writer` writes shards and `llt.shards.reader` reads them; both take the
@@ -44,10 +46,13 @@ VERSION = (1, 0)  # (major, minor): readers refuse another major, accept any min
 # or several such pairs when packed). A 1.0 reader reads them as two-document samples and
 # knows nothing of the pairing; llt's SFT refuses them and its DPO recipe needs them.
 PAIRS_VERSION = (1, 1)
-# KTO examples (encode_type "kto": each document is prompt + completion with a desirable /
-# undesirable label in `doc_labels`). A 1.1 reader refuses the unknown array, so no older
-# llt trains these as SFT data without their labels.
-KTO_VERSION = (1, 2)
+# Per-document values: KTO examples (encode_type "kto": each document is prompt + completion
+# with a desirable / undesirable label in `doc_labels`) and pairs with margins (`doc_margins`,
+# header `has_margins`). A 1.1 reader refuses the unknown array, so no older llt trains these
+# without their values.
+VALUES_VERSION = KTO_VERSION = (1, 2)
+# Per-document arrays: name -> dtype as written
+DOC_ARRAYS = {"doc_labels": "<u1", "doc_margins": "<f4"}
 # magic, major, minor, byte length of the JSON header that follows
 PREFIX = struct.Struct("<8sHHI")
 ALIGN = 64  # arrays start on a cache-line boundary
@@ -166,7 +171,7 @@ def read_header(idx_path: Path) -> dict:
 # Each array's dtype (docs/format.md): written "u8"/"u4"; "<u8"/"<u4" (numpy's explicit
 # little-endian spelling) are accepted as the same; any other byte order or type is refused.
 ARRAY_DTYPES = {"sample_offsets": "u8", "span_offsets": "u8", "spans": "u4", "doc_offsets": "u8", "doc_starts": "u4",
-                "doc_labels": "u1"}
+                "doc_labels": "u1", "doc_margins": "f4"}
 _COUNTS = ("vocab_size", "n_samples", "n_tokens", "n_trained_tokens", "n_spans", "n_docs")
 
 
@@ -194,6 +199,8 @@ def check_header(header, idx_path: Path, body_bytes: int) -> None:
             bad(f"no {key}")
     if header["vocab_size"] < 1:
         bad("vocab_size 0")
+    if not isinstance(header.get("has_margins", False), bool):
+        bad(f"has_margins {header['has_margins']!r} is not true or false")
     if not isinstance(header.get("has_loss_mask"), bool):
         bad(f"has_loss_mask {header.get('has_loss_mask')!r} is not true or false")
     fp = header.get("tokenizer_fingerprint")
@@ -204,13 +211,14 @@ def check_header(header, idx_path: Path, body_bytes: int) -> None:
         bad(f"arrays {arrays!r} is not an object")
     need = {"sample_offsets", "doc_offsets", "doc_starts"} | (
         {"span_offsets", "spans"} if header["has_loss_mask"] else set()) | (
-        {"doc_labels"} if header.get("encode_type") == "kto" else set())
+        {"doc_labels"} if header.get("encode_type") == "kto" else set()) | (
+        {"doc_margins"} if header.get("has_margins") else set())
     missing, unknown = need - set(arrays), set(arrays) - set(ARRAY_DTYPES)
     if missing or unknown:
         bad(f"arrays {sorted(missing)} missing" if missing else f"unknown array {sorted(unknown)[0]!r}")
     n = header["n_samples"]
     want = {"sample_offsets": n + 1, "span_offsets": n + 1, "doc_offsets": n + 1,
-            "spans": 2 * header["n_spans"], "doc_starts": header["n_docs"], "doc_labels": header["n_docs"]}
+            "spans": 2 * header["n_spans"], "doc_starts": header["n_docs"], "doc_labels": header["n_docs"], "doc_margins": header["n_docs"]}
     for name, entry in arrays.items():
         if not (isinstance(entry, list) and len(entry) == 3 and is_count(entry[0]) and is_count(entry[2])
                 and isinstance(entry[1], str)):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llt.shards.format import ShardFormatError, TOKEN_DTYPES, read_header, shard_file, shard_stem
+from llt.shards.format import DOC_ARRAYS, ShardFormatError, TOKEN_DTYPES, read_header, shard_file, shard_stem
 
 
 class ShardReader:
@@ -105,10 +105,19 @@ class ShardReader:
         """Whether documents carry KTO labels (format 1.2, `doc_labels`)."""
         return "doc_labels" in self._arr
 
+    @property
+    def doc_array_names(self) -> list[str]:
+        """The per-document value arrays this shard holds (format 1.2)."""
+        return [name for name in DOC_ARRAYS if name in self._arr]
+
+    def doc_values(self, name: str, i: int) -> np.ndarray:
+        """Sample i's documents' values in per-document array `name`."""
+        lo, hi = self._arr["doc_offsets"][i], self._arr["doc_offsets"][i + 1]
+        return self._arr[name][int(lo):int(hi)]
+
     def doc_labels(self, i: int) -> np.ndarray:
         """The labels of sample i's documents (KTO corpora): True desirable, False undesirable."""
-        lo, hi = self._arr["doc_offsets"][i], self._arr["doc_offsets"][i + 1]
-        return self._arr["doc_labels"][int(lo):int(hi)].astype(bool)
+        return self.doc_values("doc_labels", i).astype(bool)
 
     def array(self, name: str) -> np.ndarray:
         """A raw index array by its docs/format.md name (for verification tools)."""

@@ -7,14 +7,14 @@ shard's size.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import xxhash
 
-from llt.shards.format import (ALIGN, COPY_CHUNK, FLUSH_ENTRIES, KTO_VERSION, PAIRS_VERSION, PREFIX, MAGIC, TOKEN_DTYPES,
-                               VERSION,
+from llt.shards.format import (ALIGN, COPY_CHUNK, DOC_ARRAYS, FLUSH_ENTRIES, PAIRS_VERSION, PREFIX, MAGIC, TOKEN_DTYPES,
+                               VALUES_VERSION, VERSION,
                                encode_header, round_up)
 
 
@@ -32,7 +32,8 @@ class SampleBatch:
     doc_starts: np.ndarray  # int64 [k]
     span_counts: np.ndarray | None = None  # int64 [n]
     spans: np.ndarray | None = None  # int64 [m, 2]
-    doc_labels: np.ndarray | None = None  # uint8 [k]: KTO corpora, each document's label
+    # per-document values by array name (`format.DOC_ARRAYS`): KTO labels, pair margins
+    doc_arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -59,7 +60,7 @@ class SampleBatch:
             doc_starts=cut(self.doc_counts, self.doc_starts),
             span_counts=None if self.spans is None else self.span_counts[lo:hi],
             spans=None if self.spans is None else cut(self.span_counts, self.spans),
-            doc_labels=None if self.doc_labels is None else cut(self.doc_counts, self.doc_labels),
+            doc_arrays={k: cut(self.doc_counts, v) for k, v in self.doc_arrays.items()},
         )
 
 
@@ -112,10 +113,13 @@ class ShardWriter:
 
     def __init__(self, tmp_stem: Path, dtype: str, vocab_size: int, has_loss_mask: bool,
                  header_extra: dict | None = None):
-        # 1.1 marks preference pairs, 1.2 KTO examples (docs/format.md); every other corpus stays 1.0
-        kind = (header_extra or {}).get("encode_type")
-        self.version = {"preference": PAIRS_VERSION, "kto": KTO_VERSION}.get(kind, VERSION)
-        self.labelled = kind == "kto"
+        # 1.1 marks preference pairs, 1.2 per-document values (KTO labels, pair margins;
+        # docs/format.md); every other corpus stays 1.0
+        extra = header_extra or {}
+        self.doc_arrays = (["doc_labels"] if extra.get("encode_type") == "kto" else []) + (
+            ["doc_margins"] if extra.get("has_margins") else [])
+        self.version = VALUES_VERSION if self.doc_arrays else PAIRS_VERSION \
+            if extra.get("encode_type") == "preference" else VERSION
         self.tmp_stem = Path(tmp_stem)
         self.dtype = TOKEN_DTYPES[dtype]
         self.vocab_size, self.has_loss_mask = vocab_size, has_loss_mask
@@ -130,8 +134,8 @@ class ShardWriter:
         if has_loss_mask:
             self._arrays.update(span_offsets=side("spo", "<u8"), spans=side("sp", "<u4"))
         self._arrays.update(doc_offsets=side("do", "<u8"), doc_starts=side("ds", "<u4"))
-        if self.labelled:
-            self._arrays["doc_labels"] = side("dl", "<u1")
+        for name in self.doc_arrays:
+            self._arrays[name] = side(name, DOC_ARRAYS[name])
         for name in ("sample_offsets", "span_offsets", "doc_offsets"):
             if name in self._arrays:
                 self._arrays[name].append(np.zeros(1, np.uint64))
@@ -152,10 +156,11 @@ class ShardWriter:
             self.n_spans += len(batch.spans)
         a["doc_offsets"].append(self.n_docs + np.cumsum(batch.doc_counts, dtype=np.uint64))
         a["doc_starts"].append(batch.doc_starts)
-        if self.labelled:
-            if batch.doc_labels is None or len(batch.doc_labels) != len(batch.doc_starts):
-                raise ValueError("a KTO shard needs one label per document")
-            a["doc_labels"].append(batch.doc_labels)
+        for name in self.doc_arrays:
+            values = batch.doc_arrays.get(name)
+            if values is None or len(values) != len(batch.doc_starts):
+                raise ValueError(f"this shard needs one {name} value per document")
+            a[name].append(values)
         self.n_docs += len(batch.doc_starts)
         self.n_samples += len(batch)
         self.n_tokens += int(ids.size)

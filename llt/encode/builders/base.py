@@ -60,6 +60,7 @@ class Fields:
     rejected: str = "rejected"
     completion: str = "completion"
     label: str = "label"
+    margin: str | None = None  # preference: the per-pair margin field, when the corpus has one
 
 
 _U32 = next(c for c in "IL" if array.array(c).itemsize == 4)  # array's 32-bit unsigned type

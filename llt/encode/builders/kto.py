@@ -28,6 +28,9 @@ class KtoBuilder(PreferenceBuilder):
     def side_fields(self) -> tuple[str, ...]:
         return (self.names.completion,)
 
+    def doc_values(self, rec, say) -> dict[str, np.ndarray]:
+        return {"doc_labels": np.array([self.label(rec, say)], np.uint8)}
+
     def label(self, rec, say) -> int:
         name = self.names.label
         if name not in rec:

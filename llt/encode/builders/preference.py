@@ -168,7 +168,7 @@ def limit_pair(s: Sample, max_length: int, overlong: str) -> Sample | None:
         out_spans.append(spans + sum(len(t) for t in out_tokens))
         out_tokens.append(s.tokens[lo:lo + keep])
     docs = np.concatenate([[0], np.cumsum([len(t) for t in out_tokens])[:-1]]).astype(np.int64)
-    return Sample(np.concatenate(out_tokens), np.concatenate(out_spans), docs, s.labels)
+    return Sample(np.concatenate(out_tokens), np.concatenate(out_spans), docs, s.doc_arrays)
 
 
 class PreferenceBuilder(Builder):
@@ -183,16 +183,26 @@ class PreferenceBuilder(Builder):
     def side_fields(self) -> tuple[str, ...]:
         return self.names.chosen, self.names.rejected
 
-    def label(self, rec, say) -> int | None:
-        """The sample's document label (KTO examples); None for pairs."""
-        return None
+    def doc_values(self, rec, say) -> dict[str, np.ndarray]:
+        """The record's per-document values (`format.DOC_ARRAYS`): with --margin_field, each
+        side's copy of the pair's margin."""
+        name = self.names.margin
+        if name is None:
+            return {}
+        if name not in rec:
+            raise say(f"missing field {name!r} (--margin_field; fields: {', '.join(map(repr, rec))})")
+        value = rec[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(value):
+            raise say(f"field {name!r} is {value!r}, not a finite number (--margin_field)")
+        return {"doc_margins": np.full(2, value, np.float32)}
 
     def samples(self, records: list, where: Where) -> SampleBatch | None:
         texts, owners, plans = [], [], []
         for k, rec in enumerate(records):
             say = lambda why, k=k: RecordError(f"{where(k)}: {why}")
             kind, parts = self.pairs.plan(rec, say)
-            label = self.label(rec, say)
+            values = self.doc_values(rec, say)
             if kind == "empty" or (kind == "chat" and not all(parts)):
                 if kind == "empty":
                     self._skip(where, k, "an empty completion")
@@ -201,7 +211,7 @@ class PreferenceBuilder(Builder):
                 continue
             pieces = parts if kind == "text" else [t for side in parts for t, _ in side]
             plans.append((kind, len(pieces), None if kind == "text" else [[f for _, f in side] for side in parts],
-                          label))
+                          values))
             texts += pieces
             owners += [k] * len(pieces)
         if not plans:
@@ -210,14 +220,13 @@ class PreferenceBuilder(Builder):
         seqs = np.split(ids, np.cumsum(lens)[:-1])
         prefix = np.array(self.info.prefix_ids, np.uint32)
         kept, at = [], 0
-        for kind, n, flags, label in plans:
+        for kind, n, flags, values in plans:
             parts = seqs[at:at + n]
             at += n
             if kind == "text":  # as TRL tokenizes: with the tokenizer's own prefix (a BOS)
                 parts = [np.concatenate([prefix, p]) for p in parts]
             pair = pair_sample(kind, parts, flags)
-            if label is not None:
-                pair.labels = np.array([label], np.uint8)
+            pair.doc_arrays = values
             whole = len(pair.tokens)
             pair = limit_pair(pair, self.max_length, self.overlong)
             if pair is None:

@@ -18,7 +18,6 @@ gradient accumulation steps, as TRL does; metrics are logged under TRL's names.
 
 from __future__ import annotations
 
-import contextlib
 from collections import defaultdict
 
 import torch

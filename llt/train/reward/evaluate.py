@@ -27,9 +27,10 @@ def held_out_rewards(trainer, model, eval_set, prefix: str = "eval") -> dict:
     with torch.no_grad():
         for batch in trainer.loader(eval_set, sampler):
             with trainer.compute_loss_context_manager():
-                c, r = trainer.pair_rewards(model, batch, "eval")
+                c, r, m = trainer.pair_rewards(model, batch, "eval")
             c, r = c.double().to(sums.device), r.double().to(sums.device)
-            losses = reward_loss(c, r, trainer.reward.center_rewards_coefficient)
+            losses = reward_loss(c, r, trainer.reward.center_rewards_coefficient,
+                                 m.to(sums.device) if m is not None else None)
             sums += torch.stack([losses.sum(), (c > r).double().sum(), (c - r).sum(), c.sum(), r.sum(),
                                  torch.tensor(float(len(c)), dtype=torch.float64, device=sums.device)])
             if len(c):

@@ -6,7 +6,7 @@ token in padding-free batches (`llt.model.reward`), whole pairs per micro-batch,
 
 from __future__ import annotations
 
-from llt.errors import ConfigError
+from llt.errors import ConfigError, DataError
 from llt.train.methods import RunArgs, TrainingMethod, require_pairs
 from llt.train.reward.config import RewardArguments
 
@@ -24,6 +24,10 @@ class Reward(TrainingMethod):
 
     def check_corpora(self, data) -> None:
         require_pairs(data, "recipes/reward.py")
+        with_margins = {bool(h.get("has_margins")) for h in data.dataset.headers}
+        if len(with_margins) > 1:
+            raise DataError("--data_path mixes pair corpora with margins (llt encode --margin_field) and without; "
+                            "encode every corpus with a margin field, or none")
 
     def install_loss(self, model, run: RunArgs, n_groups: int) -> bool:
         from llt.model.reward import supports_reward_forward, use_reward_forward

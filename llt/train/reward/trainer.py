@@ -35,8 +35,9 @@ class RewardTrainer(LltTrainer):
         self.loss_is_scaled_for_ga = False  # a mean over pairs: HF divides by the accumulation steps
         self._train_metrics = defaultdict(list)
 
-    def pair_rewards(self, model, inputs: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chosen rewards, rejected rewards) of the micro-batch's real pairs, in float32 or wider."""
+    def pair_rewards(self, model, inputs: dict, split: str):
+        """(chosen rewards, rejected rewards, margins or None) of the micro-batch's real pairs,
+        rewards in float32 or wider; margins where the corpus stores them (`--margin_field`)."""
         from llt.model.reward import last_tokens
 
         extras = BatchExtras.pop(inputs, model_takes_groups=False)
@@ -51,12 +52,13 @@ class RewardTrainer(LltTrainer):
         rewards = rewards.to(torch.promote_types(rewards.dtype, torch.float32))
         trained = torch.bincount(docs[(labels != IGNORE_INDEX) & (docs >= 0)], minlength=n_docs)
         real = (trained[0::2] > 0) & (trained[1::2] > 0)  # fillers and emptied pairs drop out
-        return rewards[0::2][real], rewards[1::2][real]
+        margins = extras.margins[0::2].to(rewards.device)[real] if extras.margins is not None else None
+        return rewards[0::2][real], rewards[1::2][real], margins
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         split = "train" if model.training else "eval"
-        chosen, rejected = self.pair_rewards(model, inputs, split)
-        losses = reward_loss(chosen, rejected, self.reward.center_rewards_coefficient)
+        chosen, rejected, margins = self.pair_rewards(model, inputs, split)
+        losses = reward_loss(chosen, rejected, self.reward.center_rewards_coefficient, margins)
         # a batch of fillers only: 0, still in the graph (the empty selection keeps it), as ranks need
         loss = losses.mean() if len(losses) else losses.sum()
         if split == "train":
