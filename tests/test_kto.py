@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from conftest import encode, read_corpus, run_folder
 from test_preference import PAIRS, _grads, _perturb
 
@@ -348,3 +349,48 @@ def test_two_process_kto_and_zero3_lora(tmp_path, tiny_model_dir, kto_corpus):
         run([*cmd, *flags, "--output_path", str(tmp_path / name)])
         steps = [h for h in _history(next((tmp_path / name).glob("*"))) if "kl" in h]
         assert len(steps) == 3 and all(math.isfinite(s["loss"]) and s["kl"] >= 0 for s in steps), (name, steps)
+
+
+def _move(model, seed=0):
+    """Perturb the trained parameters only (a LoRA run's adapter; every weight in a full one):
+    the policy moves away from its reference, which stays the starting model."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_precomputed_reference_equals_the_live_one(tmp_path, tiny_tok_dir, tiny_model_dir, lora):
+    """--precompute_ref_logps: the same loss and gradients as computing the reference every
+    step (adapter disabled, or the frozen copy), with the same fixed mismatched completions;
+    the values are saved in the run folder."""
+    from llt.train.kto import build_trainer
+
+    _, corpus = encode(tmp_path, tiny_tok_dir, [write_jsonl(tmp_path / "k.jsonl", EXAMPLES * 2)], encode_type="kto")
+    results = []
+    for precompute in (False, True):
+        out = tmp_path / f"runs-{precompute}"
+        trainer = build_trainer(["--model_path", str(tiny_model_dir), "--data_path", str(corpus), "--output_path",
+                                 str(out), "--per_device_train_batch_size", "4", "--use_cpu", "true",
+                                 "--report_to", "none", "--seed", "0", *(["--use_lora", "true"] if lora else []),
+                                 *(["--precompute_ref_logps"] if precompute else [])])
+        assert (trainer.ref_model is None) == (lora or precompute)
+        if not precompute:  # the live reference, with the fixed mismatched completions precomputing uses
+            trainer.data_collator.fixed = trainer.train_dataset.partner = True
+        batch = next(iter(trainer.get_train_dataloader()))
+        model = trainer.model.train()
+        trainer.compute_loss(model, copy.deepcopy(batch))  # step 0: precomputes, from the starting model
+        _move(model, 4)  # a move that raises the mismatched log-probs: the KL estimate is not clamped to 0
+        model.train()
+        for m in model.modules():  # LoRA's dropout draws from the RNG, which precomputing's loader moved
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        results.append((loss.item(), _grads(model), trainer._train_metrics["kl"][-1]))
+        assert any(out.glob("*/ref_logps.npz")) == precompute
+    (a, ga, kla), (b, gb, klb) = results
+    assert abs(a - b) < 1e-6 and abs(kla - klb) < 1e-6 and kla > 0, (a, b, kla, klb)
+    assert max((ga[k] - gb[k]).abs().max().item() for k in ga) < 1e-6

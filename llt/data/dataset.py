@@ -43,6 +43,10 @@ class ShardDataset(torch.utils.data.Dataset):
         array([-100, -100, -100, -100,  412,   29])
     """
 
+    # KTO with precomputed reference log-probs: each sample also carries the next sample
+    # (`partner`), whose completions are its fixed mismatched ones (llt.train.kto.collate)
+    partner = False
+
     def __init__(self, data_path: str | Path | list, names: list[str] | None = None):
         corpora = list(data_path) if isinstance(data_path, (list, tuple)) else [data_path]
         self.names = list(names) if names else [corpus_name(p) for p in corpora]
@@ -124,6 +128,14 @@ class ShardDataset(torch.utils.data.Dataset):
         return s, self.readers[s], i - int(self.offsets[s])
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        out = self._sample(i)
+        if self.partner:
+            j = out["index"]
+            nxt = self._sample((j + 1) % len(self)) if len(self) > 1 else out
+            out["partner"] = {k: nxt[k] for k in ("input_ids", "labels", "doc_starts")}
+        return out
+
+    def _sample(self, i: int) -> dict[str, np.ndarray]:
         filler = i < 0
         if filler:
             i = ~i

@@ -68,6 +68,11 @@ class EvalView:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    @property
+    def datasets(self) -> list:
+        """The datasets the held-out samples come from."""
+        return [s[0] for s in self.sources]
+
     def __getitem__(self, i: int) -> dict:
         filler = i < 0
         j = ~i if filler else i

@@ -37,12 +37,12 @@ def doc_parts(feature: dict) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, n
     return out
 
 
-def doc_labels(feature: dict, pairs: bool) -> np.ndarray:
-    """Each document's label: stored (KTO corpora), or chosen/rejected by position (pairs)."""
-    n = len(feature["doc_starts"])
-    if pairs:
-        return (np.arange(n) % 2 == 0)
-    return np.asarray(feature["doc_labels"], bool)
+def doc_labels(feature: dict) -> np.ndarray:
+    """Each document's label: stored (KTO corpora), or chosen/rejected by position (pairs
+    read as examples)."""
+    if "doc_labels" in feature:
+        return np.asarray(feature["doc_labels"], bool)
+    return np.arange(len(feature["doc_starts"])) % 2 == 0
 
 
 def kl_features(features: list[dict], shift: int) -> list[dict]:
@@ -62,19 +62,40 @@ def kl_features(features: list[dict], shift: int) -> list[dict]:
     return out
 
 
+def partner_kl_features(features: list[dict]) -> list[dict]:
+    """Fixed mismatched documents, for precomputed reference log-probs: document j of each
+    sample takes the completion of document j (cyclically) of the sample after it in its
+    corpus (`feature["partner"]`, `ShardDataset.partner`), so the KL documents of a sample
+    never depend on the batch it falls in. One per document, fillers included (nothing
+    trained), so each sample's values line up with its documents."""
+    out = []
+    for f in features:
+        theirs = [d for d in doc_parts(f["partner"]) if d[3]] or doc_parts(f["partner"])
+        for j, (prompt, *_rest) in enumerate(doc_parts(f)):
+            _, completion, labels, _ = theirs[j % len(theirs)]
+            if f.get("filler"):
+                labels = np.full_like(labels, IGNORE_INDEX)
+            out.append({"input_ids": np.concatenate([prompt, completion]),
+                        "labels": np.concatenate([np.full(len(prompt), IGNORE_INDEX, labels.dtype), labels]),
+                        "doc_starts": np.zeros(1, np.int64)})
+    return out
+
+
 class KtoCollator:
     """`base` (llt's padding-free collator with document ids) for the examples, plus
     `llt_kto_labels` (each document's label) and `llt_kl` (the KL documents, collated by
-    `base` too) when the loss estimates the KL."""
+    `base` too) when the loss estimates the KL: from the micro-batch (TRL's rotation), or,
+    with `fixed`, from each sample's partner (`partner_kl_features`)."""
 
-    def __init__(self, base, pairs: bool, kl: bool):
-        self.base, self.pairs, self.kl = base, pairs, kl
+    def __init__(self, base, pairs: bool, kl: bool, fixed: bool = False):
+        self.base, self.pairs, self.kl, self.fixed = base, pairs, kl, fixed
 
     def __call__(self, features: list[dict]) -> dict:
         batch = self.base(features)
-        batch["llt_kto_labels"] = torch.from_numpy(np.concatenate([doc_labels(f, self.pairs) for f in features]))
+        batch["llt_kto_labels"] = torch.from_numpy(np.concatenate([doc_labels(f) for f in features]))
         if self.kl:
-            kl = self.base(kl_features(features, 2 if self.pairs else 1))
+            kl = self.base(partner_kl_features(features) if self.fixed else
+                           kl_features(features, 2 if self.pairs else 1))
             batch["llt_kl"] = {k: v for k, v in kl.items()
                                if not k.startswith("llt_") or k == "llt_docs"}
         return batch

@@ -27,6 +27,11 @@ class KtoArguments:
         "Weight of the desirable examples' losses (TRL: desirable_weight); with unequal counts, the KTO "
         "paper keeps desirable_weight * n_desirable / (undesirable_weight * n_undesirable) in [1, 4/3]."))
     undesirable_weight: float = field(default=1.0, **_help("Weight of the undesirable examples' losses."))
+    precompute_ref_logps: bool = field(default=False, **_help(
+        "Compute the reference log-probs of every example and of its mismatched completion once before "
+        "training (cached in the run folder, reused on resume): no reference forward per step, and no "
+        "frozen copy of the model without LoRA. The mismatched completions are then fixed (each sample "
+        "takes those of the next sample in its corpus) instead of drawn from each micro-batch."))
     pairs_as_kto: bool = field(default=False, **_help(
         "Train preference pair corpora (encode_type preference) as KTO examples: each chosen completion "
         "desirable, each rejected one undesirable (as TRL's unpair_preference_dataset)."))

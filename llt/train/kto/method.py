@@ -1,7 +1,8 @@
 """KTO as a training method: labelled example corpora (or pair corpora read as examples with
 `--pairs_as_kto`), llt's forward returning each trained target's loss, the examples'
 mismatched completions for the KL estimate (`kto.collate`), and `KtoTrainer` with the
-reference its flags imply: the model with its LoRA adapter disabled, or a frozen copy.
+reference its flags imply: the model with its LoRA adapter disabled, log-probs computed once
+(`--precompute_ref_logps`, as for DPO: `preference.ref_cache`), or a frozen copy.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ class Kto(TrainingMethod):
             raise ConfigError("--per_device_train_batch_size 1: KTO estimates its KL term from the other "
                               "examples of a micro-batch, so with one it is the example's own reward (TRL "
                               "refuses it too); use 2 or more, or --kto_loss apo_zero_unpaired")
-        if not run.lora.use_lora and _zero_stage(args) == 3:
+        if not run.lora.use_lora and not self.kto.precompute_ref_logps and _zero_stage(args) == 3:
             raise ConfigError("llt kto under ZeRO-3 without LoRA: a frozen reference copy of a partitioned "
-                              "model is not supported; add --use_lora (the reference is the adapter disabled)")
+                              "model is not supported; add --precompute_ref_logps (computed once before "
+                              "training) or --use_lora (the reference is the adapter disabled)")
 
     def check_corpora(self, data) -> None:
         kinds = {h.get("encode_type") for h in data.dataset.headers}
@@ -50,6 +52,9 @@ class Kto(TrainingMethod):
                             f"--pairs_as_kto, preference pairs; --data_path holds {', '.join(sorted(map(str, other)))} "
                             "corpora")
         self.pairs = "preference" in kinds
+        if self.kto.precompute_ref_logps and self.kto.uses_kl:  # fixed mismatched completions
+            for dataset in [data.dataset] + (data.eval_set.datasets if data.eval_set is not None else []):
+                dataset.partner = True
 
     def install_loss(self, model, run: RunArgs, n_groups: int) -> bool:
         from llt.model.loss import supports_chunked_loss, use_chunked_loss
@@ -67,15 +72,15 @@ class Kto(TrainingMethod):
     def wrap_collator(self, collator):
         from llt.train.kto.collate import KtoCollator
 
-        return KtoCollator(collator, pairs=self.pairs, kl=self.kto.uses_kl)
+        return KtoCollator(collator, pairs=self.pairs, kl=self.kto.uses_kl, fixed=self.kto.precompute_ref_logps)
 
     def trainer(self, run: RunArgs, model, common: dict):
         from llt.train.kto.trainer import KtoTrainer
 
-        ref_model = None
-        if not run.lora.use_lora:
+        kto, ref_model = run.extra[0], None
+        if not run.lora.use_lora and not kto.precompute_ref_logps:
             ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(run.train.device)
-        return KtoTrainer(**common, kto=run.extra[0], ref_model=ref_model)
+        return KtoTrainer(**common, kto=kto, ref_model=ref_model, model_path=run.model.model_path)
 
 
 def _zero_stage(args) -> int:

@@ -9,7 +9,8 @@ chunked loss gives each trained target's log-prob without full-vocabulary logits
 per document these are the completions' log-probs.
 
 The reference policy: with LoRA, the model with its adapter disabled (no second model in
-memory); for a full fine-tune, a frozen copy. The KL estimate is the mean over the
+memory); for a full fine-tune, a frozen copy; with `--precompute_ref_logps`, log-probs
+computed once before training (`ref_logps`, with fixed mismatched documents: `kto.collate`). The KL estimate is the mean over the
 micro-batch's mismatched documents of policy minus reference log-prob, averaged over ranks
 (TRL's gather then mean) and clamped at 0. Fillers (all labels -100, keeping ranks in step)
 drop out. The loss of a micro-batch is the mean over its examples, and HF divides it by the
@@ -20,13 +21,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import contextlib
+
+import numpy as np
 import torch
 
 from llt.data.collate import BatchExtras
 from llt.data.dataset import IGNORE_INDEX
 from llt.train.kto.config import KtoArguments
 from llt.train.kto.losses import kto_losses
-from llt.train.preference.losses import sequence_logps
+from llt.train.preference.losses import sequence_logps, split_per_sample
 from llt.train.trainer import LltTrainer
 
 
@@ -34,9 +38,9 @@ class KtoTrainer(LltTrainer):
     """`LltTrainer` plus `kto` (the loss and its flags) and `ref_model` (a frozen copy, for a
     full fine-tune)."""
 
-    def __init__(self, *args, kto: KtoArguments, ref_model=None, **kwargs):
+    def __init__(self, *args, kto: KtoArguments, ref_model=None, ref_logps=None, model_path: str = "", **kwargs):
         super().__init__(*args, **kwargs)
-        self.kto, self.ref_model = kto, ref_model
+        self.kto, self.ref_model, self.ref_logps, self.model_path = kto, ref_model, ref_logps, model_path
         self.loss_is_scaled_for_ga = False  # a mean over examples: HF divides by the accumulation steps
         self._train_metrics = defaultdict(list)
 
@@ -58,16 +62,50 @@ class KtoTrainer(LltTrainer):
     def _adapter_disabled(self, model):
         peft_model = self.accelerator.unwrap_model(model)
         if not hasattr(peft_model, "disable_adapter"):
-            raise RuntimeError("KTO without LoRA needs its frozen reference copy")
+            return contextlib.nullcontext()  # the reference is the model itself (precomputing at step 0)
         return peft_model.disable_adapter()
 
-    def kl_estimate(self, model, batch: dict) -> torch.Tensor:
+    # ---- precomputed reference log-probs (`--precompute_ref_logps`, `preference.ref_cache`) ----
+    def reference_parts(self, model, batch: dict) -> list:
+        """(sample id, the reference log-probs of its examples, then of its mismatched
+        documents) of each sample of `batch`; the caller disables the adapter."""
+        batch.pop("llt_kto_labels")
+        kl = batch.pop("llt_kl", None)
+        extras = BatchExtras.pop(batch, model_takes_groups=False)
+        main = split_per_sample(self.doc_logps(model, batch, extras.docs, int(extras.sample_ids[:, 1].sum()))[0],
+                                extras.sample_ids)
+        if kl is None:
+            return main
+        docs = kl.pop("llt_docs")
+        mismatched = split_per_sample(self.doc_logps(model, kl, docs, int(docs.max().item()) + 1)[0],
+                                      extras.sample_ids)  # one mismatched document per document
+        return [(sid, np.concatenate([a, b])) for (sid, a), (_, b) in zip(main, mismatched)]
+
+    def _cached(self, model, sample_ids: torch.Tensor, split: str, device):
+        """The precomputed (examples', mismatched documents') reference log-probs of a batch."""
+        if self.ref_logps is None:
+            from llt.train.preference.ref_cache import precompute
+
+            lora = hasattr(self.accelerator.unwrap_model(model), "disable_adapter")
+            self.ref_logps = precompute(self, model, self.model_path,
+                                        can_compute=lora or self.state.global_step == 0)
+        values = self.ref_logps[split].lookup(sample_ids, device)
+        per = 2 if self.kto.uses_kl else 1
+        main, kl, at = [], [], 0
+        for n in sample_ids[:, 1].tolist():
+            main.append(values[at:at + n])
+            kl.append(values[at + n:at + per * n])
+            at += per * n
+        return torch.cat(main), torch.cat(kl)
+
+    def kl_estimate(self, model, batch: dict, ref: torch.Tensor | None = None) -> torch.Tensor:
         """The mismatched documents' mean log-ratio, averaged over ranks, clamped at 0."""
         docs = batch.pop("llt_docs")
         n = int(docs.max().item()) + 1
         with torch.no_grad():
             policy, counts = self.doc_logps(model, batch, docs, n)
-            ref = self.reference_logps(model, batch, docs, n)
+            if ref is None:
+                ref = self.reference_logps(model, batch, docs, n)
         ratio = (policy - ref)[counts > 0].double()
         # [this rank's mean, 1]; a rank of fillers only sends [0, 0] and counts for none
         stats = torch.stack([ratio.mean() if len(ratio) else ratio.sum(),
@@ -85,10 +123,15 @@ class KtoTrainer(LltTrainer):
         extras = BatchExtras.pop(inputs, model_takes_groups=False)
         if split == "train" and extras.counts is not None and self.throughput is not None:
             self.throughput.observe(extras.counts)
-        kl = self.kl_estimate(model, kl_batch) if kl_batch is not None else None
+        ref = ref_kl = None
+        if self.kto.precompute_ref_logps:
+            ref, ref_kl = self._cached(model, extras.sample_ids, split, labels.device)
+        kl = self.kl_estimate(model, kl_batch, ref_kl) if kl_batch is not None else None
         n = len(labels)
         logps, counts = self.doc_logps(model, inputs, extras.docs, n)
-        ref = self.reference_logps(model, inputs, extras.docs, n)
+        if ref is None:
+            ref = self.reference_logps(model, inputs, extras.docs, n)
+        ref = ref.to(logps.device)
         if kl is None:
             kl = torch.zeros((), dtype=logps.dtype, device=logps.device)
         real = counts > 0  # fillers carry no completion token

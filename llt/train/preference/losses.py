@@ -73,6 +73,16 @@ def pair_losses(args: PreferenceArguments, lc, lr, nc, nr, rc=None, rr=None, cho
     return PairTerms(-lam * ratio, lam * ac.detach(), lam * ar.detach(), chosen_nll)
 
 
+def split_per_sample(values: torch.Tensor, sample_ids: torch.Tensor) -> list:
+    """[(sample id, its documents' values)] from per-document values in batch order and the
+    batch's `llt_sample_ids` ([id, documents] per sample)."""
+    out, at = [], 0
+    for sid, n in sample_ids.tolist():
+        out.append((sid, values[at:at + n].float().cpu().numpy()))
+        at += n
+    return out
+
+
 def sequence_logps(token_logps: torch.Tensor, docs: torch.Tensor, n_docs: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs and token counts per document, from the trained targets' log-probs
     and each target's document number."""

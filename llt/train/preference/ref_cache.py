@@ -1,6 +1,6 @@
 """`--precompute_ref_logps`: the reference's log-prob of every completion, computed once.
 
-Before the first step, each rank runs the reference over its share of the training pairs
+Before the first step, each rank runs the reference over its share of the training samples
 (and of the held-out pairs) in order, with no gradient; the ranks' results are gathered, so
 every rank holds them all, and the main process saves them in the run folder
 (`ref_logps.npz`) with what they depend on (the model and the data). A resumed run loads
@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llt.data.collate import BatchExtras
 from llt.data.sampler import EpochBatchSampler
 
 FILE = "ref_logps.npz"
 
 
 class RefLogps:
-    """One split's reference log-probs: for sample `ids[k]`, one value per document,
-    `values[offsets[k]:offsets[k + 1]]` (chosen, rejected, chosen, ...)."""
+    """One split's reference log-probs: for sample `ids[k]`, its values
+    `values[offsets[k]:offsets[k + 1]]`: one per document (chosen, rejected, chosen, ...;
+    KTO: its examples', then its mismatched documents')."""
 
     def __init__(self, ids: np.ndarray, offsets: np.ndarray, values: np.ndarray):
         self.ids, self.offsets, self.values = ids, offsets, values
@@ -65,13 +65,8 @@ def _compute(trainer, model, dataset) -> RefLogps:
     parts = []
     with torch.no_grad():
         for batch in trainer.loader(dataset, sampler):
-            extras = BatchExtras.pop(batch, model_takes_groups=False)
             with trainer.compute_loss_context_manager(), trainer._adapter_disabled(model):
-                sums, _ = trainer.pair_logps(model, batch, extras.docs)
-            at = 0
-            for sid, n in extras.sample_ids.tolist():
-                parts.append((sid, sums[at:at + n].float().cpu().numpy()))
-                at += n
+                parts += trainer.reference_parts(model, batch)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         gathered = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(gathered, parts)

@@ -26,7 +26,7 @@ import torch
 from llt.data.collate import BatchExtras
 from llt.data.dataset import IGNORE_INDEX
 from llt.train.preference.config import PreferenceArguments
-from llt.train.preference.losses import pair_losses, sequence_logps
+from llt.train.preference.losses import pair_losses, sequence_logps, split_per_sample
 from llt.train.trainer import LltTrainer
 
 
@@ -74,6 +74,13 @@ class PreferenceTrainer(LltTrainer):
                 return self.pair_logps(self.ref_model, inputs, docs)[0]
             with self._adapter_disabled(model):
                 return self.pair_logps(model, inputs, docs)[0]
+
+    def reference_parts(self, model, batch: dict) -> list:
+        """(sample id, its documents' log-probs) of each sample of `batch`, for the cache
+        of `--precompute_ref_logps` (`ref_cache`); the caller disables the adapter."""
+        extras = BatchExtras.pop(batch, model_takes_groups=False)
+        sums, _ = self.pair_logps(model, batch, extras.docs)
+        return split_per_sample(sums, extras.sample_ids)
 
     def _adapter_disabled(self, model):
         peft_model = self.accelerator.unwrap_model(model)
