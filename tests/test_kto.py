@@ -394,3 +394,20 @@ def test_precomputed_reference_equals_the_live_one(tmp_path, tiny_tok_dir, tiny_
     (a, ga, kla), (b, gb, klb) = results
     assert abs(a - b) < 1e-6 and abs(kla - klb) < 1e-6 and kla > 0, (a, b, kla, klb)
     assert max((ga[k] - gb[k]).abs().max().item() for k in ga) < 1e-6
+
+
+def test_qlora_kto_trains_and_exports(tmp_path, tiny_model_dir, kto_corpus):
+    """QLoRA: the 4-bit base with its adapter disabled is the reference."""
+    pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes (the qlora extra)")
+    from transformers import AutoModelForCausalLM
+
+    from llt.runs.export import export
+
+    assert _kto(["--model_path", str(tiny_model_dir), "--data_path", str(kto_corpus), "--use_lora", "true",
+                 "--load_in_4bit", "true", "--lora_config_path", "configs/qlora.json", "--max_steps", "4",
+                 "--output_path", str(tmp_path / "q")]) == 0
+    run = run_folder(tmp_path / "q")
+    steps = [h for h in _history(run) if "kl" in h and "loss" in h]
+    assert len(steps) == 4 and abs(steps[0]["loss"] - 0.5) < 1e-4 and all(math.isfinite(s["loss"]) for s in steps)
+    export(str(run), tmp_path / "merged")
+    AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
