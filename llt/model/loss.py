@@ -99,7 +99,8 @@ def use_chunked_loss(model, chunk_rows: int | None = None, n_groups: int = 1) ->
     `group_loss`, the [n_groups] loss sums per corpus, detached: the logs show each
     corpus's loss at no extra lm_head work. With `llt_token_losses=True` it returns each
     trained target's loss too (`token_losses`, with its graph): preference losses sum them
-    per completion."""
+    per completion. `llt_temperature` T scores the logits divided by T (GRPO's log-probs of
+    the distribution it samples from)."""
     reason = supports_chunked_loss(model)
     if reason:
         log.info("llt: stock loss (full logits): %s", reason)
@@ -108,7 +109,8 @@ def use_chunked_loss(model, chunk_rows: int | None = None, n_groups: int = 1) ->
     router = _router_aux(model) if getattr(model.config, "output_router_logits", False) else None
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, labels=None,
-                num_items_in_batch=None, llt_groups=None, llt_token_losses=False, **kwargs):
+                num_items_in_batch=None, llt_groups=None, llt_token_losses=False, llt_temperature=None,
+                **kwargs):
         if labels is None or kwargs.get("return_dict") is False:
             return stock(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          labels=labels, num_items_in_batch=num_items_in_batch, **kwargs)
@@ -120,7 +122,12 @@ def use_chunked_loss(model, chunk_rows: int | None = None, n_groups: int = 1) ->
         hidden = out.last_hidden_state[:, :-1]
         targets = labels[:, 1:].to(hidden.device)
         keep = targets != -100
-        per_token = chunked_token_losses(self.get_output_embeddings(), hidden[keep], targets[keep],
+        rows = hidden[keep]
+        if llt_temperature not in (None, 1, 1.0):  # log-probs of the sampling distribution (GRPO): logits / T
+            if getattr(self.get_output_embeddings(), "bias", None) is not None:
+                raise ValueError("llt_temperature: the LM head has a bias, which dividing the hidden states skips")
+            rows = rows / llt_temperature
+        per_token = chunked_token_losses(self.get_output_embeddings(), rows, targets[keep],
                                          self.config.vocab_size, chunk_rows)
         loss = per_token.sum()
         group_loss = None

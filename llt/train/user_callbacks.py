@@ -88,15 +88,17 @@ def load_callbacks(value, on_error) -> list[TrainerCallback]:
     return [build_callback(spec, on_error) for spec in parse_specs(value)]
 
 
-def resolve(name: str) -> type:
-    """The class `name` points at; a `ConfigError` naming it when it cannot be used."""
+def user_object(name: str, flag: str, noun: str, hint=None):
+    """The object `name` points at (path/to/file.py:NOUN or package.module:NOUN); a
+    `ConfigError` naming `flag` and the file when it does not import or lacks it, with
+    `hint(module)` appended. Shared with GRPO's reward functions (`llt.train.grpo.rewards`)."""
     where, colon, attr = name.rpartition(":")
     if not colon or not where or not attr:
-        raise ConfigError(f"--callbacks {name}: name it as path/to/file.py:Class or package.module:Class")
+        raise ConfigError(f"{flag} {name}: name it as path/to/file.py:{noun} or package.module:{noun}")
     if where.endswith(".py"):
         path = Path(where)
         if not path.is_file():
-            raise ConfigError(f"--callbacks {name}: no such file {path.resolve()}")
+            raise ConfigError(f"{flag} {name}: no such file {path.resolve()}")
         module_name = f"llt_user_callbacks.{path.stem}_{abs(hash(str(path.resolve())))}"
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
@@ -109,18 +111,25 @@ def resolve(name: str) -> type:
         loaded = loader()
     except Exception as e:  # noqa: BLE001 - any import failure is the user's file
         frame = traceback.extract_tb(e.__traceback__)[-1]
-        raise ConfigError(f"--callbacks {name}: {where} does not import: {type(e).__name__}: {e} "
+        raise ConfigError(f"{flag} {name}: {where} does not import: {type(e).__name__}: {e} "
                           f"({frame.filename}:{frame.lineno})") from None
     module = module or loaded
     if not hasattr(module, attr):
+        raise ConfigError(f"{flag} {name}: {where} has no {attr}{hint(module) if hint else ''}")
+    return getattr(module, attr)
+
+
+def resolve(name: str) -> type:
+    """The class `name` points at; a `ConfigError` naming it when it cannot be used."""
+    def hint(module) -> str:
         found = sorted(n for n, v in vars(module).items()
                        if isinstance(v, type) and issubclass(v, TrainerCallback) and v is not TrainerCallback)
-        hint = f" (its callbacks: {', '.join(found)})" if found else " (it defines no TrainerCallback subclass)"
-        raise ConfigError(f"--callbacks {name}: {where} has no {attr}{hint}")
-    cls = getattr(module, attr)
+        return f" (its callbacks: {', '.join(found)})" if found else " (it defines no TrainerCallback subclass)"
+
+    cls = user_object(name, "--callbacks", "Class", hint)
     if not (isinstance(cls, type) and issubclass(cls, TrainerCallback)):
-        raise ConfigError(f"--callbacks {name}: {attr} is not a transformers.TrainerCallback subclass "
-                          f"(it is {type(cls).__name__} {cls!r:.80})")
+        raise ConfigError(f"--callbacks {name}: {name.rpartition(':')[2]} is not a transformers.TrainerCallback "
+                          f"subclass (it is {type(cls).__name__} {cls!r:.80})")
     return cls
 
 
