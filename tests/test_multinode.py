@@ -171,9 +171,10 @@ def test_the_slurm_script_derives_ranks_saves_on_the_time_limit_signal_and_reque
 
 
 def _two_nodes(args: list, launcher: str = "torchrun", mounts: tuple[Path, Path, Path] | None = None,
-               **popen) -> list[subprocess.Popen]:
+               llt_launch: bool = False, **popen) -> list[subprocess.Popen]:
     """Two nodes as two launcher agents on 127.0.0.1; with `mounts` (disk seen as, node 0's
-    disk, node 1's disk) each node gets its own folder at the same path (a mount namespace)."""
+    disk, node 1's disk) each node gets its own folder at the same path (a mount namespace);
+    with `llt_launch`, each agent runs under `llt launch` (as the Slurm script runs it)."""
     port = free_port()
     procs = []
     for rank in (0, 1):
@@ -186,6 +187,8 @@ def _two_nodes(args: list, launcher: str = "torchrun", mounts: tuple[Path, Path,
                    "--machine_rank", str(rank), "--num_processes", "2", "--main_process_ip", "127.0.0.1",
                    "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]
         cmd = [*cmd, str(RECIPES["sft"]), *map(str, args)]
+        if llt_launch:
+            cmd = [sys.executable, "-m", "llt", "launch", *cmd]
         if mounts is not None:
             seen_as, *disks = mounts
             cmd = ["unshare", "-m", "bash", "-c", 'mount --bind "$1" "$2" && shift 2 && exec "$@"', "_",
@@ -232,23 +235,86 @@ def _unshare_works(tmp_path) -> bool:
 
 
 @pytest.mark.slow
-def test_node_local_disks_are_found_out_and_refused_before_any_data_work(tmp_path, tiny_model_dir, toy_corpora):
+def test_node_local_disks_get_a_copy_on_every_node_and_resume_on_both(tmp_path, tiny_model_dir, toy_corpora):
+    """Each node's own disk at one path: every node keeps a whole copy of each checkpoint,
+    a resubmitted command resumes on both from their own copies and trains as a run that
+    was never stopped; a node that lost its copy is named; --save_on_each_node is refused."""
+    from llt.runs.folder import checkpoints
+
     if shutil.which("unshare") is None or not _unshare_works(tmp_path):
         pytest.skip("needs unshare -m and bind mounts (root): each node's own disk at one path")
     disk, node0, node1 = tmp_path / "disk", tmp_path / "node0", tmp_path / "node1"
     for d in (disk, node0, node1):
         d.mkdir()
-    args = _flags(tiny_model_dir, toy_corpora["qa_packed"], disk, "--max_steps", "3", "--save_name", "job",
-                  "--load_ckpt_path", "auto")
-    for extra in ([], ["--save_on_each_node"]):
-        t0 = time.monotonic()
-        results = _finish(_two_nodes([*args, *extra], mounts=(disk, node0, node1)))
-        took = time.monotonic() - t0
-        for rc, out, err in results:
-            assert rc != 0 and "each node has its own folder at this path" in err, err[-3000:]
-            assert "Traceback" not in err.split("each node has its own folder")[0].splitlines()[-1]
-        assert not list(node0.rglob("checkpoint-*")) and not list(node1.rglob("checkpoint-*"))
-        print(f"node-local disks {extra}: both nodes refused in {took:.1f} s")
-    # the same two nodes on one shared folder train
-    for rc, out, err in _finish(_two_nodes(args)):
+    # a constant learning rate: a 4-step run's schedule is then the first 4 steps of a 6-step one
+    common = ["--save_name", "job", "--save_steps", "2", "--save_optimizer", "--load_ckpt_path", "auto",
+              "--lr_scheduler_type", "constant"]
+    args = _flags(tiny_model_dir, toy_corpora["qa_packed"], disk, *common)
+    t0 = time.monotonic()
+    for rc, out, err in _finish(_two_nodes([*args, "--max_steps", "4"], mounts=(disk, node0, node1))):
         assert rc == 0, err[-3000:]
+    took = time.monotonic() - t0
+    copies = [{str(p.relative_to(n)): p.read_bytes() for p in sorted(n.rglob("checkpoint-*/**/*")) if p.is_file()}
+              for n in (node0, node1)]
+    assert copies[0] and copies[0] == copies[1]  # the same files, byte for byte, on both disks
+    assert {Path(k).name for k in copies[1]} >= {"rng_state_0.pth", "rng_state_1.pth", "optimizer.pt",
+                                                 "llt_data_state.json", "trainer_state.json"}
+    (run1,) = node1.iterdir()
+    assert [c.name for c in checkpoints(run1)] == ["checkpoint-2", "checkpoint-4"]
+
+    # resubmitted: both nodes resume from their own checkpoint-4; steps 5-6 as a straight run's
+    results = _finish(_two_nodes([*args, "--max_steps", "6"], mounts=(disk, node0, node1)))
+    for rc, out, err in results:
+        assert rc == 0 and "checkpoint-4" in err + out, err[-3000:]
+    straight = _flags(tiny_model_dir, toy_corpora["qa_packed"], tmp_path / "straight", *common, "--max_steps", "6")
+    for rc, out, err in _finish(_two_nodes(straight)):
+        assert rc == 0, err[-3000:]
+    assert _losses(node0)[-2:] == _losses(tmp_path / "straight")[-2:]
+    assert [c.name for c in checkpoints(run1)][-1] == "checkpoint-6"
+
+    for rc, out, err in _finish(_two_nodes([*args, "--max_steps", "8", "--save_on_each_node"],
+                                           mounts=(disk, node0, node1))):
+        assert rc != 0 and "--save_on_each_node: drop the flag" in err, err[-3000:]
+    # node 1 lost its newest copy: it would resume elsewhere, and both nodes are told which
+    shutil.rmtree(run1 / "checkpoint-6")
+    for rc, out, err in _finish(_two_nodes([*args, "--max_steps", "8"], mounts=(disk, node0, node1))):
+        assert rc != 0 and "node 1" in err and "checkpoint-4 vs" in err and "checkpoint-6." in err, err[-3000:]
+    print(f"node-local disks: 4 steps, 2 checkpoints copied to both nodes in {took:.1f} s")
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_nodes_llt_launch_stops_both_with_a_checkpoint_and_the_resubmission_resumes(
+        tmp_path, tiny_model_dir, toy_corpora):
+    """A scheduler that signals one node only (a node drained, a per-node time limit): the
+    stop flag is all-reduced at every step end, so both nodes stop at the same step and save
+    one resumable checkpoint; the same command resubmitted resumes from it on both."""
+    from llt.runs.folder import checkpoints
+
+    out = tmp_path / "runs"
+    args = _flags(tiny_model_dir, toy_corpora["qa_packed"], out, "--save_name", "job", "--save_steps", "3",
+                  "--save_optimizer", "--load_ckpt_path", "auto", "--max_steps", "400")
+    procs = _two_nodes(args, llt_launch=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (list(out.glob("*/checkpoint-*")) and all(p.poll() is None for p in procs)):
+        assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, \
+            [p.communicate()[1][-2000:] for p in procs]
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    procs[1].send_signal(signal.SIGTERM)  # node 1's llt launch only
+    results = _finish(procs, timeout=300)
+    took = time.monotonic() - t0
+    for rc, stdout, stderr in results:
+        assert rc == 0, stderr[-3000:]
+    # rank 0 (node 0, which got no signal) reports the stop and the checkpoint
+    assert "stopped by a signal on another rank after step" in results[0][1], results[0][2][-3000:]
+    (run,) = out.iterdir()
+    stopped = int(checkpoints(run)[-1].name.split("-")[1])
+    assert 0 < stopped < 400 and (run / f"checkpoint-{stopped}" / "llt_data_state.json").is_file()
+    assert not list(run.glob(".partial/checkpoint-*"))
+    args[args.index("--max_steps") + 1] = str(stopped + 2)
+    resumed = _finish(_two_nodes(args, llt_launch=True))
+    for rc, stdout, stderr in resumed:
+        assert rc == 0 and f"resuming from {run / f'checkpoint-{stopped}'}" in stdout + stderr, stderr[-3000:]
+    assert checkpoints(run)[-1].name == f"checkpoint-{stopped + 2}"
+    print(f"SIGTERM to node 1's llt launch: both nodes stopped at step {stopped} with its checkpoint, "
+          f"{took:.1f} s after the signal; the resubmission resumed from it on both")

@@ -50,10 +50,11 @@ def build(run: RunArgs, method: TrainingMethod):
     preemption = PreemptionCallback()
     user_callbacks = load_callbacks(args.callbacks, preemption.fail)  # before any data work
     data_paths = [s.path for specs in corpus_specs(data_args) for s in specs]
+    storage = "one process"
     if args.world_size > 1:  # every rank runs the same thing, on storage it has checked, or none starts
         check_ranks_agree(fingerprint(_config_groups(run), model_args.model_path, data_paths,
                                       args.resume_from_checkpoint, args.world_size))
-        check_storage(args)
+        storage = check_storage(args)
     tokenizer, new_ids = load_training_tokenizer(model_args)
     quantization = quantization_config(model_args, args, lora_args.use_lora)  # fails before any data work
     # Seed now, not only in Trainer.__init__ (after the model exists): LoRA's A matrices are
@@ -80,6 +81,7 @@ def build(run: RunArgs, method: TrainingMethod):
                   shuffle_data=data_args.shuffle_data, throughput=throughput, plan=data.plan,
                   eval_dataset=data.eval_set, mix=mix, preemption=preemption, group_loss=group_loss)
     trainer = method.trainer(run, model, common)
+    trainer.node_local = storage == "node-local"  # every node keeps a copy of each checkpoint
     return _ready(trainer, [mix, throughput], data, model, run.groups())
 
 

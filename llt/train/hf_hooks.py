@@ -44,6 +44,7 @@ HOOKS = {
 
 class HfHookOverrides:
     _staging: Path | None = None  # set while a checkpoint is being written
+    node_local = False  # the run folder is each node's own disk: each keeps a copy (llt.train.node_copies)
 
     def _get_output_dir(self, trial) -> str:
         """Replaces: HF's save path is the run folder. While a checkpoint is being written,
@@ -61,7 +62,8 @@ class HfHookOverrides:
         args = self.args
         run_dir = Path(super()._get_output_dir(trial))
         name = checkpoint_name(self.state.global_step)
-        if args.should_save:
+        keeper = args.should_save or (self.node_local and args.local_process_index == 0)
+        if keeper:
             checkpointing.clear_staging(run_dir, name)
         self.accelerator.wait_for_everyone()
         self._staging = checkpointing.staging_dir(run_dir)
@@ -75,7 +77,11 @@ class HfHookOverrides:
         if args.should_save:
             self._write_extras(self._staging_path(run_dir, name), resumable=not only_model or self.force_resumable)
         self.accelerator.wait_for_everyone()  # every rank's shards are on disk
-        if args.should_save:
+        if self.node_local:
+            from llt.train.node_copies import share
+
+            share(self._staging_path(run_dir, name), args)
+        if keeper:
             checkpointing.publish(run_dir, name, args.save_total_limit, self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
 

@@ -90,8 +90,15 @@ def differences(mine: dict, first: dict) -> list[str]:
 
 
 def _short(value, n: int = 80) -> str:
+    """`value` in at most about `n` characters: its head and its tail (where two checkpoint
+    paths, or two data folders, differ).
+
+    Examples:
+        >>> _short("/scratch/run/" + "x" * 90 + "/checkpoint-6", 40)
+        '/scratch/run/xxxxxx...xxxxx/checkpoint-6'
+    """
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= n else text[:n] + "..."
+    return text if len(text) <= n else text[:n // 2 - 1] + "..." + text[-(n // 2 - 2):]
 
 
 def check_ranks_agree(mine: dict) -> None:
@@ -113,13 +120,12 @@ def check_storage(args) -> str:
     node's own disk at the same path ("node-local"), found out, not assumed: each node's
     first process leaves a marker there, and each looks for the others'.
 
-    Shared: rank 0 writes the checkpoints, as on one node. Node-local: only node 0 would
-    write them and no other node could resume, so the run is refused before any data work,
-    with the reason. (A copy on every node would need each node's first process to write
-    the model; transformers 5's `save_pretrained` writes on global rank 0 only, so
-    `--save_on_each_node` leaves the other nodes' checkpoints without weights: measured,
-    and left for a change of llt's own save.) `--save_on_each_node` on a shared folder is
-    refused too: the nodes would write the same checkpoint at once."""
+    Shared: rank 0 writes the checkpoints, as on one node. Node-local: every node keeps a
+    whole copy of each checkpoint (`llt.train.node_copies`: the files each node's processes
+    wrote are sent to the nodes that lack them), so every node can resume from its own disk.
+    `--save_on_each_node` is refused either way: transformers 5's `save_pretrained` writes
+    the weights on global rank 0 only (measured), so the flag cannot give the other nodes a
+    whole checkpoint, and on a shared folder the nodes would write the same one at once."""
     import shutil
     import uuid
 
@@ -146,15 +152,17 @@ def check_storage(args) -> str:
         if not any(probe.iterdir()):
             shutil.rmtree(probe, ignore_errors=True)
     shared = all(views)
-    if not shared:
-        raise ConfigError(f"--output_path {parent}: each node has its own folder at this path (the nodes do "
-                          "not see each other's files), so only node 0 would write checkpoints and the run "
-                          "could never resume on the others. Put --output_path on storage every node sees "
-                          "(writing a copy on every node is not supported yet: transformers 5 writes model "
-                          "weights on global rank 0 only, whatever --save_on_each_node says)")
     if args.save_on_each_node:
-        raise ConfigError(f"--save_on_each_node: {parent} is one folder every node sees; the nodes would "
-                          "write the same checkpoint at once. Drop the flag (rank 0 writes for all)")
+        raise ConfigError("--save_on_each_node: drop the flag; " + (
+            f"{parent} is one folder every node sees, and the nodes would write the same checkpoint at once"
+            if shared else f"each node has its own folder at {parent}, and llt gives every node a whole copy "
+                           "of each checkpoint itself (transformers 5 writes the weights on rank 0 only)"))
+    if not shared and args.process_index == 0:
+        import logging
+
+        logging.getLogger("llt").warning(
+            "llt: --output_path %s is each node's own disk (the nodes do not see each other's files): every node "
+            "keeps a whole copy of each checkpoint, sent from the nodes that wrote it", parent)
     return "shared" if shared else "node-local"
 
 
