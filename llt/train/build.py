@@ -40,6 +40,7 @@ def build(run: RunArgs, method: TrainingMethod):
     from llt.train.checks import adopt_chat_template, check_data_fits, check_world, verify_on_local_main
     from llt.train.preflight import check_ranks_agree, check_storage, fingerprint
     from llt.train.setup import prepare_run
+    from llt.train.watchdog import start as start_watchdog
     from llt.train.user_callbacks import load_callbacks
     from transformers import set_seed
 
@@ -55,6 +56,7 @@ def build(run: RunArgs, method: TrainingMethod):
         check_ranks_agree(fingerprint(_config_groups(run), model_args.model_path, data_paths,
                                       args.resume_from_checkpoint, args.world_size))
         storage = check_storage(args)
+        start_watchdog(args)  # a dead peer ends this process within --node_timeout
     tokenizer, new_ids = load_training_tokenizer(model_args)
     quantization = quantization_config(model_args, args, lora_args.use_lora)  # fails before any data work
     # Seed now, not only in Trainer.__init__ (after the model exists): LoRA's A matrices are

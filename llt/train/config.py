@@ -140,6 +140,10 @@ class LltTrainingArguments(TrainingArguments):
                 "they run after llt's, on every rank (docs/training.md)"})
     remove_unused_columns: bool = field(default=False, metadata={
         "help": "kept False: llt's collators need the document starts"})
+    node_timeout: float = field(default=300, metadata={
+        "help": "several processes: a process that stops answering for this many seconds (a dead node, "
+                "kill -9) makes every other exit with one line naming it, instead of waiting in a "
+                "collective until --ddp_timeout; 0 turns the watch off (llt.train.watchdog)"})
 
     def __post_init__(self):
         """Validation and flags derived from flags only: building the arguments changes
@@ -171,6 +175,8 @@ class LltTrainingArguments(TrainingArguments):
             self.save_strategy, self.save_steps = "no", 500
         if self.save_epochs < 0:
             raise ConfigError(f"--save_epochs {self.save_epochs}: must be 0 or more")
+        if self.node_timeout < 0:
+            raise ConfigError(f"--node_timeout {self.node_timeout}: must be 0 (off) or more seconds")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ConfigError(f"--max_epochs {self.num_train_epochs} and --max_steps {self.max_steps}: "
                               "nothing to train; give one of them a positive value")

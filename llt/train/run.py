@@ -40,6 +40,9 @@ def run(method: str, argv: list[str] | None = None) -> int:
               "one, if any, is kept)", file=sys.stderr, flush=True)
         return 130
     finally:
+        from llt.train.watchdog import stop
+
+        stop(left=not crashed)  # a normal exit is announced; a crashed rank's silence ends the others
         if not interrupted:
             _leave_process_group(wait=not crashed)
 
