@@ -6,7 +6,8 @@ Shared: `config` (the four argument dataclasses), `parse` (YAML recipe + flags -
 the trainer), `setup` (what a run changes outside its arguments: logging, progress bars,
 the run folder's name), `run` (argv -> build, train, exit code, process-group teardown),
 `checks` (start-up verification), `preflight` (every rank and node runs the same thing, on
-storage it has checked), `trainer` (`LltTrainer`), `hf_hooks` (its only
+storage it has checked), `node_copies` (a whole copy of each checkpoint on every node's own
+disk), `watchdog` (a dead or frozen peer ends the run within `--node_timeout`), `trainer` (`LltTrainer`), `hf_hooks` (its only
 private-hook overrides), `resume` (exact resume as plain functions), `checkpointing`
 (atomic saves, rotation), `evaluate` (the held-out loss), `callbacks` (throughput, mix,
 loss report, save schedule, preemption, progress lines), `user_callbacks` (the user's own,
