@@ -16,30 +16,39 @@ from llt.data.dataset import IGNORE_INDEX
 from llt.data.sampler import EpochBatchSampler
 
 
-def held_out_loss(trainer, model, eval_set, prefix: str = "eval") -> dict:
-    """`{prefix}_loss`, `{prefix}_tokens` and, with several corpora and llt's chunked loss
-    (which returns per-corpus sums), `{prefix}_loss/<name>`."""
+def held_out_batches(trainer, model, eval_set):
+    """This rank's share of `eval_set` batch by batch, in order, the model in eval mode and
+    no gradient (every method's held-out metrics; fillers keep ranks in step). Each batch
+    is yielded inside the trainer's loss context; the model's mode is restored at the end."""
     args = trainer.args
     sampler = EpochBatchSampler(len(eval_set), args.per_device_eval_batch_size, world_size=args.world_size,
                                 rank=args.process_index, shuffle=False)
-    loader = trainer.loader(eval_set, sampler)
-    names = eval_set.names
-    sums = torch.zeros(len(names) + 1, 2, dtype=torch.float64, device=args.device)  # [loss, tokens]; last: all
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for batch in loader:
-            corpus_counts = BatchExtras.pop(batch, model_takes_groups=trainer.group_loss).corpus_counts
-            trained = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
-            with trainer.compute_loss_context_manager():
-                out = model(**batch)
-            if trained:  # the loss is a mean over trained tokens; a filler's is 0/0
-                sums[-1] += torch.stack([out["loss"].double() * trained, trained.double()])
-            if out.get("group_loss") is not None and corpus_counts is not None:
-                sums[:-1, 0] += out["group_loss"].double()[:len(names)]
-                sums[:-1, 1] += corpus_counts.to(sums.device)[:len(names), 1]
-    if was_training:
-        model.train()
+    try:
+        with torch.no_grad():
+            for batch in trainer.loader(eval_set, sampler):
+                with trainer.compute_loss_context_manager():
+                    yield batch
+    finally:
+        if was_training:
+            model.train()
+
+
+def held_out_loss(trainer, model, eval_set, prefix: str = "eval") -> dict:
+    """`{prefix}_loss`, `{prefix}_tokens` and, with several corpora and llt's chunked loss
+    (which returns per-corpus sums), `{prefix}_loss/<name>`."""
+    names = eval_set.names
+    sums = torch.zeros(len(names) + 1, 2, dtype=torch.float64, device=trainer.args.device)  # [loss, tokens]; last: all
+    for batch in held_out_batches(trainer, model, eval_set):
+        corpus_counts = BatchExtras.pop(batch, model_takes_groups=trainer.group_loss).corpus_counts
+        trained = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+        out = model(**batch)
+        if trained:  # the loss is a mean over trained tokens; a filler's is 0/0
+            sums[-1] += torch.stack([out["loss"].double() * trained, trained.double()])
+        if out.get("group_loss") is not None and corpus_counts is not None:
+            sums[:-1, 0] += out["group_loss"].double()[:len(names)]
+            sums[:-1, 1] += corpus_counts.to(sums.device)[:len(names), 1]
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(sums)
     loss, tokens = sums[-1].tolist()

@@ -86,6 +86,38 @@ def require_pairs(data, recipe: str) -> None:
                         f"--data_path holds {', '.join(sorted(map(str, kinds - {'preference'})))} corpora{hint}")
 
 
+def require_token_logps(run: RunArgs, command: str) -> None:
+    """Refuse the flags that replace llt's forward, for the methods whose loss reads each
+    completion's log-probs from it (`llt.model.loss`: DPO's family, KTO)."""
+    from llt.errors import ConfigError
+
+    if not run.model.chunked_loss:
+        raise ConfigError(f"--chunked_loss false: {command} computes the completions' log-probs with llt's "
+                          "chunked loss (the same values as full logits); drop the flag")
+    if run.train.use_liger_kernel:
+        raise ConfigError(f"--use_liger_kernel: Liger's fused loss returns one mean loss, and {command} needs "
+                          "each completion's log-probs; drop the flag")
+
+
+def install_token_logps(model, run: RunArgs, command: str) -> None:
+    """Give `model` llt's chunked loss, which returns each trained target's loss; a model
+    that cannot take it is refused with the reason."""
+    from llt.errors import ConfigError
+    from llt.model.loss import supports_chunked_loss, use_chunked_loss
+
+    reason = supports_chunked_loss(model)
+    if reason:
+        raise ConfigError(f"--model_path {run.model.model_path}: {command} reads log-probs through llt's "
+                          f"chunked loss, which this model cannot use: {reason}")
+    use_chunked_loss(model)
+
+
+def zero_stage(args) -> int:
+    """The DeepSpeed ZeRO stage the run trains under (0: none)."""
+    cfg = getattr(args, "hf_deepspeed_config", None)
+    return int(cfg.config.get("zero_optimization", {}).get("stage", 0)) if cfg is not None else 0
+
+
 def get_method(name: str) -> TrainingMethod:
     """The method registered under `name` (a key of `METHODS`)."""
     module, _, cls = METHODS[name].partition(":")

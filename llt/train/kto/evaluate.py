@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from llt.data.sampler import EpochBatchSampler
+from llt.train.evaluate import held_out_batches
 
 _SUMS = ("loss", "examples", "rewards/chosen", "chosen", "rewards/rejected", "rejected", "logps/chosen",
          "logps/rejected", "kl", "batches")
@@ -18,22 +18,13 @@ _SUMS = ("loss", "examples", "rewards/chosen", "chosen", "rewards/rejected", "re
 def held_out_examples(trainer, model, eval_set, prefix: str = "eval") -> dict:
     """`{prefix}_loss`, `{prefix}_rewards/chosen|rejected|margins`, `{prefix}_logps/...`,
     `{prefix}_kl` and the example counts."""
-    args = trainer.args
-    sampler = EpochBatchSampler(len(eval_set), args.per_device_eval_batch_size, world_size=args.world_size,
-                                rank=args.process_index, shuffle=False)
-    sums = torch.zeros(len(_SUMS), dtype=torch.float64, device=args.device)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for batch in trainer.loader(eval_set, sampler):
-            with trainer.compute_loss_context_manager():
-                losses, rewards, labels, logps, kl = trainer.example_terms(model, batch, "eval")
-            row = [losses.double().sum(), len(losses), rewards[labels].double().sum(), labels.sum(),
-                   rewards[~labels].double().sum(), (~labels).sum(), logps[labels].double().sum(),
-                   logps[~labels].double().sum(), kl, 1]
-            sums += torch.stack([torch.as_tensor(x, dtype=torch.float64).to(sums.device) for x in row])
-    if was_training:
-        model.train()
+    sums = torch.zeros(len(_SUMS), dtype=torch.float64, device=trainer.args.device)
+    for batch in held_out_batches(trainer, model, eval_set):
+        losses, rewards, labels, logps, kl = trainer.example_terms(model, batch, "eval")
+        row = [losses.double().sum(), len(losses), rewards[labels].double().sum(), labels.sum(),
+               rewards[~labels].double().sum(), (~labels).sum(), logps[labels].double().sum(),
+               logps[~labels].double().sum(), kl, 1]
+        sums += torch.stack([torch.as_tensor(x, dtype=torch.float64).to(sums.device) for x in row])
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(sums)
         sums[-2:] /= torch.distributed.get_world_size()  # each rank saw every batch's KL (all-reduced)

@@ -11,7 +11,7 @@ import copy
 
 from llt.errors import ConfigError, DataError
 from llt.train.kto.config import KtoArguments
-from llt.train.methods import RunArgs, TrainingMethod
+from llt.train.methods import RunArgs, TrainingMethod, install_token_logps, require_token_logps, zero_stage
 
 
 class Kto(TrainingMethod):
@@ -25,17 +25,12 @@ class Kto(TrainingMethod):
     def check_flags(self, run: RunArgs) -> None:
         """The example log-probs come from llt's own forward (`llt.model.loss`)."""
         self.kto, args = run.extra[0], run.train
-        if not run.model.chunked_loss:
-            raise ConfigError("--chunked_loss false: llt kto computes the completions' log-probs with llt's "
-                              "chunked loss (the same values as full logits); drop the flag")
-        if args.use_liger_kernel:
-            raise ConfigError("--use_liger_kernel: Liger's fused loss returns one mean loss, and llt kto needs "
-                              "each completion's log-probs; drop the flag")
+        require_token_logps(run, self.command)
         if self.kto.uses_kl and args.per_device_train_batch_size < 2:
             raise ConfigError("--per_device_train_batch_size 1: KTO estimates its KL term from the other "
                               "examples of a micro-batch, so with one it is the example's own reward (TRL "
                               "refuses it too); use 2 or more, or --kto_loss apo_zero_unpaired")
-        if not run.lora.use_lora and not self.kto.precompute_ref_logps and _zero_stage(args) == 3:
+        if not run.lora.use_lora and not self.kto.precompute_ref_logps and zero_stage(args) == 3:
             raise ConfigError("llt kto under ZeRO-3 without LoRA: a frozen reference copy of a partitioned "
                               "model is not supported; add --precompute_ref_logps (computed once before "
                               "training) or --use_lora (the reference is the adapter disabled)")
@@ -57,13 +52,7 @@ class Kto(TrainingMethod):
                 dataset.partner = True
 
     def install_loss(self, model, run: RunArgs, n_groups: int) -> bool:
-        from llt.model.loss import supports_chunked_loss, use_chunked_loss
-
-        reason = supports_chunked_loss(model)
-        if reason:
-            raise ConfigError(f"--model_path {run.model.model_path}: llt kto reads log-probs through llt's "
-                              f"chunked loss, which this model cannot use: {reason}")
-        use_chunked_loss(model)
+        install_token_logps(model, run, self.command)
         return False  # the loss is per example, not per corpus
 
     def collator_options(self) -> dict:
@@ -82,7 +71,3 @@ class Kto(TrainingMethod):
             ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(run.train.device)
         return KtoTrainer(**common, kto=kto, ref_model=ref_model, model_path=run.model.model_path)
 
-
-def _zero_stage(args) -> int:
-    cfg = getattr(args, "hf_deepspeed_config", None)
-    return int(cfg.config.get("zero_optimization", {}).get("stage", 0)) if cfg is not None else 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from llt.data.sampler import EpochBatchSampler
+from llt.train.evaluate import held_out_batches
 
 _SUMS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
          "logps/chosen", "logps/rejected", "pairs", "nll", "chosen_tokens")
@@ -17,26 +17,17 @@ _SUMS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "re
 
 def held_out_pairs(trainer, model, eval_set, prefix: str = "eval") -> dict:
     """`{prefix}_loss`, `{prefix}_rewards/...`, `{prefix}_logps/...` and `{prefix}_pairs`."""
-    args = trainer.args
-    sampler = EpochBatchSampler(len(eval_set), args.per_device_eval_batch_size, world_size=args.world_size,
-                                rank=args.process_index, shuffle=False)
-    sums = torch.zeros(len(_SUMS), dtype=torch.float64, device=args.device)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for batch in trainer.loader(eval_set, sampler):
-            with trainer.compute_loss_context_manager():
-                terms, lc, lr, nc = trainer.pair_terms(model, batch, "eval")
-            c, r = terms.chosen_rewards.double(), terms.rejected_rewards.double()
-            zero = torch.zeros((), dtype=torch.float64, device=c.device)
-            nll = terms.nll_sum.double() if terms.nll_sum is not None else zero
-            targets = terms.nll_targets.double() if terms.nll_targets is not None else zero
-            sums += torch.stack([terms.losses.double().sum(), c.sum(), r.sum(), (c > r).double().sum(),
-                                 (c - r).sum(), lc.double().sum(), lr.double().sum(),
-                                 torch.tensor(len(c), dtype=torch.float64, device=c.device),
-                                 nll.to(c.device), targets.to(c.device)]).to(sums.device)
-    if was_training:
-        model.train()
+    sums = torch.zeros(len(_SUMS), dtype=torch.float64, device=trainer.args.device)
+    for batch in held_out_batches(trainer, model, eval_set):
+        terms, lc, lr, nc = trainer.pair_terms(model, batch, "eval")
+        c, r = terms.chosen_rewards.double(), terms.rejected_rewards.double()
+        zero = torch.zeros((), dtype=torch.float64, device=c.device)
+        nll = terms.nll_sum.double() if terms.nll_sum is not None else zero
+        targets = terms.nll_targets.double() if terms.nll_targets is not None else zero
+        sums += torch.stack([terms.losses.double().sum(), c.sum(), r.sum(), (c > r).double().sum(),
+                             (c - r).sum(), lc.double().sum(), lr.double().sum(),
+                             torch.tensor(len(c), dtype=torch.float64, device=c.device),
+                             nll.to(c.device), targets.to(c.device)]).to(sums.device)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(sums)
     got = dict(zip(_SUMS, sums.tolist()))

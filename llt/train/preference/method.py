@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 
 from llt.errors import ConfigError
-from llt.train.methods import RunArgs, TrainingMethod, require_pairs
+from llt.train.methods import (RunArgs, TrainingMethod, install_token_logps, require_pairs, require_token_logps,
+                               zero_stage)
 from llt.train.preference.config import PreferenceArguments
 
 
@@ -23,14 +24,9 @@ class Preference(TrainingMethod):
         """The pair log-probs come from llt's own forward (`llt.model.loss`): a flag that
         replaces it would leave the loss without them."""
         pref, args = run.extra[0], run.train
-        if not run.model.chunked_loss:
-            raise ConfigError("--chunked_loss false: llt dpo computes the completions' log-probs with llt's "
-                              "chunked loss (the same values as full logits); drop the flag")
-        if args.use_liger_kernel:
-            raise ConfigError("--use_liger_kernel: Liger's fused loss returns one mean loss, and llt dpo needs "
-                              "each completion's log-probs; drop the flag")
+        require_token_logps(run, self.command)
         if pref.needs_reference and not run.lora.use_lora and not pref.precompute_ref_logps \
-                and _zero_stage(args) == 3:
+                and zero_stage(args) == 3:
             raise ConfigError("--pref_loss with a reference under ZeRO-3 and no LoRA: a frozen copy of a "
                               "partitioned model is not supported; add --precompute_ref_logps (computed "
                               "once before training) or --use_lora")
@@ -39,13 +35,7 @@ class Preference(TrainingMethod):
         require_pairs(data, "recipes/dpo.py")
 
     def install_loss(self, model, run: RunArgs, n_groups: int) -> bool:
-        from llt.model.loss import supports_chunked_loss, use_chunked_loss
-
-        reason = supports_chunked_loss(model)
-        if reason:
-            raise ConfigError(f"--model_path {run.model.model_path}: llt dpo reads log-probs through llt's "
-                              f"chunked loss, which this model cannot use: {reason}")
-        use_chunked_loss(model)
+        install_token_logps(model, run, self.command)
         return False  # the loss is per pair, not per corpus
 
     def collator_options(self) -> dict:
@@ -60,7 +50,3 @@ class Preference(TrainingMethod):
             ref_model = copy.deepcopy(model).eval().requires_grad_(False).to(args.device)
         return PreferenceTrainer(**common, pref=pref, ref_model=ref_model, model_path=run.model.model_path)
 
-
-def _zero_stage(args) -> int:
-    cfg = getattr(args, "hf_deepspeed_config", None)
-    return int(cfg.config.get("zero_optimization", {}).get("stage", 0)) if cfg is not None else 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from llt.data.sampler import EpochBatchSampler
+from llt.train.evaluate import held_out_batches
 from llt.train.reward.losses import reward_loss
 
 _SUMS = ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected", "pairs")
@@ -16,28 +16,19 @@ def held_out_rewards(trainer, model, eval_set, prefix: str = "eval") -> dict:
     """`{prefix}_loss`, `{prefix}_accuracy`, `{prefix}_margin`, `{prefix}_rewards/chosen`,
     `{prefix}_rewards/rejected`, `{prefix}_min_reward`, `{prefix}_mean_reward`, `{prefix}_max_reward`,
     `{prefix}_pairs`."""
-    args = trainer.args
-    sampler = EpochBatchSampler(len(eval_set), args.per_device_eval_batch_size, world_size=args.world_size,
-                                rank=args.process_index, shuffle=False)
-    sums = torch.zeros(len(_SUMS), dtype=torch.float64, device=args.device)
-    low = torch.full((), float("inf"), dtype=torch.float64, device=args.device)
+    sums = torch.zeros(len(_SUMS), dtype=torch.float64, device=trainer.args.device)
+    low = torch.full((), float("inf"), dtype=torch.float64, device=sums.device)
     high = -low.clone()
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for batch in trainer.loader(eval_set, sampler):
-            with trainer.compute_loss_context_manager():
-                c, r, m = trainer.pair_rewards(model, batch, "eval")
-            c, r = c.double().to(sums.device), r.double().to(sums.device)
-            losses = reward_loss(c, r, trainer.reward.center_rewards_coefficient,
-                                 m.to(sums.device) if m is not None else None)
-            sums += torch.stack([losses.sum(), (c > r).double().sum(), (c - r).sum(), c.sum(), r.sum(),
-                                 torch.tensor(float(len(c)), dtype=torch.float64, device=sums.device)])
-            if len(c):
-                low = torch.minimum(low, torch.cat([c, r]).min())
-                high = torch.maximum(high, torch.cat([c, r]).max())
-    if was_training:
-        model.train()
+    for batch in held_out_batches(trainer, model, eval_set):
+        c, r, m = trainer.pair_rewards(model, batch, "eval")
+        c, r = c.double().to(sums.device), r.double().to(sums.device)
+        losses = reward_loss(c, r, trainer.reward.center_rewards_coefficient,
+                             m.to(sums.device) if m is not None else None)
+        sums += torch.stack([losses.sum(), (c > r).double().sum(), (c - r).sum(), c.sum(), r.sum(),
+                             torch.tensor(float(len(c)), dtype=torch.float64, device=sums.device)])
+        if len(c):
+            low = torch.minimum(low, torch.cat([c, r]).min())
+            high = torch.maximum(high, torch.cat([c, r]).max())
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(sums)
         torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
