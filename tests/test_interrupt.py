@@ -211,8 +211,9 @@ def test_export_ends_with_one_line_and_nothing_under_out(tmp_path, tiny_model_di
     out = tmp_path / "model"
     r = _interrupt([sys.executable, "-m", "llt", "export", run_folder(tmp_path / "runs"), "--out", out],
                    _after(moment), signal.SIGINT)
-    if r["rc"] == 0:
-        pytest.skip(f"the export finished within {moment} s here; nothing to interrupt")
+    if r["rc"] == 0 or (out / "config.json").is_file():  # --out appears only once complete
+        pytest.skip(f"the export finished within {moment} s here (on a loaded machine the signal may land "
+                    "as the interpreter exits); nothing to interrupt")
     assert r["rc"] == 130, r["err"][-3000:]
     assert r["err"].strip().splitlines()[-1] == "llt export: interrupted; nothing was left under --out"
     assert "Traceback" not in r["err"]
