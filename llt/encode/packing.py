@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from llt.shards.writer import SampleBatch
-from llt.encode.sample import Sample, join_samples, split_batch
+from llt.encode.sample import NO_VALUES, Sample, join_samples, split_batch
 
 
 def best_fit_decreasing(lengths: np.ndarray, capacity: int) -> list[list[int]]:
@@ -67,7 +67,8 @@ def pack_samples(samples: list[Sample], capacity: int) -> list[Sample]:
             tokens=np.concatenate([p.tokens for p in parts]),
             spans=spans,
             docs=np.concatenate([p.docs + off for p, off in zip(parts, offsets)]),
-            doc_arrays={k: np.concatenate([p.doc_arrays[k] for p in parts]) for k in parts[0].doc_arrays},
+            doc_arrays={k: np.concatenate([p.doc_arrays[k] for p in parts]) for k in parts[0].doc_arrays}
+            if parts[0].doc_arrays else NO_VALUES,
         ))
     return packed
 
@@ -92,7 +93,8 @@ class Packer:
             return None
         # Copy out of the batch so the window does not pin whole batch arrays.
         self._pending += [Sample(s.tokens.copy(), None if s.spans is None else s.spans.copy(),
-                                 s.docs.copy(), {k: v.copy() for k, v in s.doc_arrays.items()})
+                                 s.docs.copy(), {k: v.copy() for k, v in s.doc_arrays.items()}
+                                 if s.doc_arrays else NO_VALUES)
                           for s in split_batch(batch)]
         self._pending_tokens += batch.n_tokens
         if self._pending_tokens >= self.window_tokens:

@@ -6,10 +6,15 @@ and preference pairs work on). Before tokenizing, a chat sample is text segments
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 
 from llt.shards.writer import SampleBatch
+
+# The per-document values of a sample that has none (most corpora): one shared, read-only
+# mapping, so splitting and packing millions of samples allocates nothing for them.
+NO_VALUES = MappingProxyType({})
 
 
 @dataclass
@@ -19,7 +24,7 @@ class Sample:
     tokens: np.ndarray
     spans: np.ndarray | None  # [k, 2]
     docs: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
-    doc_arrays: dict[str, np.ndarray] = field(default_factory=dict)  # per-document values (KTO labels, margins)
+    doc_arrays: dict[str, np.ndarray] = field(default_factory=lambda: NO_VALUES)  # per-document values (KTO labels, margins)
 
 
 def split_batch(batch: SampleBatch) -> list[Sample]:
@@ -27,9 +32,12 @@ def split_batch(batch: SampleBatch) -> list[Sample]:
     ends = np.cumsum(batch.lengths)
     tok = np.split(batch.tokens, ends[:-1]) if len(batch) else []
     docs = np.split(batch.doc_starts, np.cumsum(batch.doc_counts)[:-1]) if len(batch) else []
-    cuts = np.cumsum(batch.doc_counts)[:-1]
-    split = {k: np.split(v, cuts) for k, v in batch.doc_arrays.items()} if len(batch) else {}
-    values = [{k: v[i] for k, v in split.items()} for i in range(len(tok))]
+    if batch.doc_arrays and len(batch):
+        cuts = np.cumsum(batch.doc_counts)[:-1]
+        split = {k: np.split(v, cuts) for k, v in batch.doc_arrays.items()}
+        values = [{k: v[i] for k, v in split.items()} for i in range(len(tok))]
+    else:
+        values = [NO_VALUES] * len(tok)
     if batch.spans is None:
         return [Sample(t, None, d, v) for t, d, v in zip(tok, docs, values)]
     spans = np.split(batch.spans, np.cumsum(batch.span_counts)[:-1])
