@@ -12,6 +12,8 @@
     llt reward --help      a reward model (Bradley-Terry) on the same pairs (recipes/reward.py)
     llt kto --help         KTO on labelled examples from `llt encode --encode_type kto`, or on
                            pairs (recipes/kto.py)
+    llt grpo --help        online RL (GRPO, DAPO, Dr. GRPO) on prompts with your reward
+                           functions (recipes/grpo.py)
     llt score MODEL --input_path pairs.jsonl
                            a reward model's accuracy and each pair's rewards
     llt launch CMD...      run a launcher (accelerate, torchrun, deepspeed) so that SIGTERM/SIGUSR1
@@ -53,7 +55,7 @@ def _encode(argv: list[str]) -> int:
 # Each command's `main(argv)`, imported only when that command runs (start-up stays fast).
 MODULES = {"inspect": "llt.shards.inspect:inspect_main", "verify": "llt.shards.verify:verify_main",
            "train": "llt.train.sft", "dpo": "llt.train.preference", "reward": "llt.train.reward",
-           "kto": "llt.train.kto", "score": "llt.score", "launch": "llt.launch", "export": "llt.runs.export", "generate": "llt.runs.generate",
+           "kto": "llt.train.kto", "grpo": "llt.train.grpo", "score": "llt.score", "launch": "llt.launch", "export": "llt.runs.export", "generate": "llt.runs.generate",
            "plot": "llt.runs.plot", "quickstart": "llt.quickstart"}
 
 
@@ -72,7 +74,7 @@ def _inspect(argv: list[str]) -> int:
 
 # Commands that give SIGTERM (and SIGINT) a meaning of their own: training saves a
 # preemption checkpoint (llt.train.callbacks), `llt launch` forwards them.
-SIGNALS_OWN = {"train", "dpo", "reward", "kto", "launch", "quickstart"}
+SIGNALS_OWN = {"train", "dpo", "reward", "kto", "grpo", "launch", "quickstart"}
 # What an interrupted command left, said after "interrupted".
 INTERRUPTED = {"encode": "nothing was left under a final shard name",
                "export": "nothing was left under --out"}

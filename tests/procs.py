@@ -12,7 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"sft": ROOT / "recipes" / "sft.py", "dpo": ROOT / "recipes" / "dpo.py",
-           "reward": ROOT / "recipes" / "reward.py", "kto": ROOT / "recipes" / "kto.py"}
+           "reward": ROOT / "recipes" / "reward.py", "kto": ROOT / "recipes" / "kto.py",
+           "grpo": ROOT / "recipes" / "grpo.py"}
 HELPER = ROOT / "tests" / "helpers" / "record_samples.py"  # trains like recipes/sft.py, recording samples
 
 

@@ -24,7 +24,8 @@ ALLOWED = {
     "data": {"shards"},
     "model": set(),
     "runs": {"model"},
-    "train": {"shards", "data", "model", "runs"},
+    # GRPO reads its prompt records with the encoder's readers (llt.train.grpo.prompts)
+    "train": {"shards", "encode", "data", "model", "runs"},
 }
 ENTRY_POINTS = {"llt.cli", "llt.quickstart", "llt.score", "llt.__main__"}
 BASE = {"llt", "llt.errors", "llt.fsutil", "llt.flags", "llt.values", "llt.interrupt", "llt.progress", "llt.resources", "llt.tokenizer_loader",

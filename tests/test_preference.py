@@ -392,6 +392,7 @@ def test_a_flag_that_replaces_llts_forward_is_refused_before_any_data_work(tmp_p
 
 def test_the_methods_are_peers_listed_once():
     """Each method is its own folder, found through the one list; none is a branch in another."""
+    from llt.train.grpo.method import Grpo
     from llt.train.kto.method import Kto
     from llt.train.methods import METHODS, get_method
     from llt.train.preference.method import Preference
@@ -399,7 +400,7 @@ def test_the_methods_are_peers_listed_once():
     from llt.train.sft.method import SFT
 
     assert {name: type(get_method(name)) for name in METHODS} == {"train": SFT, "dpo": Preference, "reward": Reward,
-                                                                      "kto": Kto}
+                                                                      "kto": Kto, "grpo": Grpo}
     assert get_method("dpo").collator_options() == {"pairs": True} and get_method("train").collator_options() == {}
     assert get_method("reward").head == "reward" and get_method("dpo").head == "causal"
 

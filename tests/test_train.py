@@ -354,12 +354,13 @@ def test_contradictory_or_impossible_flags_fail_naming_the_flag(flags, message):
 def test_shipped_recipes_parse(tmp_path):
     from pathlib import Path
 
+    from llt.train.grpo.config import GrpoArguments
     from llt.train.kto.config import KtoArguments
     from llt.train.parse import parse_args
     from llt.train.preference.config import PreferenceArguments
     from llt.train.reward.config import RewardArguments
 
-    own = {"dpo": PreferenceArguments, "reward": RewardArguments, "kto": KtoArguments}
+    own = {"dpo": PreferenceArguments, "reward": RewardArguments, "kto": KtoArguments, "grpo": GrpoArguments}
     for recipe in sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")):
         # recipes/dpo.py's, recipes/reward.py's and recipes/kto.py's own flags
         extra = tuple(cls for name, cls in own.items() if name in recipe.stem)

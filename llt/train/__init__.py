@@ -16,7 +16,7 @@ named in a recipe), `report` (the run folder's records).
 The methods, a folder each: `sft` (supervised fine-tuning and continued pre-training,
 `llt train`, recipes/sft.py), `preference` (DPO, IPO, SimPO, ORPO: `llt dpo`,
 recipes/dpo.py), `reward` (reward models: `llt reward`, recipes/reward.py, `llt score`) and
-`kto` (KTO on labelled examples: `llt kto`, recipes/kto.py); `grpo` holds GRPO's reward
-functions and losses, built ahead of its trainer (not a method yet). The model itself (loading,
+`kto` (KTO on labelled examples: `llt kto`, recipes/kto.py) and `grpo` (online RL with the
+user's reward functions on prompts read directly: `llt grpo`, recipes/grpo.py). The model itself (loading,
 LoRA, quantization, attention, the chunked loss) is `llt.model`.
 """

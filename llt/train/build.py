@@ -30,14 +30,13 @@ def build_trainer(argv: list[str] | None = None, method: str | TrainingMethod = 
 def build(run: RunArgs, method: TrainingMethod):
     """The trainer for parsed flags `run` under `method`."""
     from llt.data.collate import make_collator
-    from llt.data.run_data import build_data, corpus_specs
     from llt.model.attention import is_varlen
     from llt.model.loading import (flops_per_token_info, load_model, load_training_tokenizer,
                                    pick_attn_implementation)
     from llt.model.lora import apply_lora
     from llt.model.quant import quantization_config
     from llt.train.callbacks import CorpusMixCallback, PreemptionCallback, ThroughputCallback, peak_tflops
-    from llt.train.checks import adopt_chat_template, check_data_fits, check_world, verify_on_local_main
+    from llt.train.checks import check_world
     from llt.train.preflight import check_ranks_agree, check_storage, fingerprint
     from llt.train.setup import prepare_run
     from llt.train.watchdog import start as start_watchdog
@@ -50,7 +49,7 @@ def build(run: RunArgs, method: TrainingMethod):
     method.check_flags(run)
     preemption = PreemptionCallback()
     user_callbacks = load_callbacks(args.callbacks, preemption.fail)  # before any data work
-    data_paths = [s.path for specs in corpus_specs(data_args) for s in specs]
+    data_paths = method.data_paths(run)
     storage = "one process"
     if args.world_size > 1:  # every rank runs the same thing, on storage it has checked, or none starts
         check_ranks_agree(fingerprint(_config_groups(run), model_args.model_path, data_paths,
@@ -62,14 +61,10 @@ def build(run: RunArgs, method: TrainingMethod):
     # Seed now, not only in Trainer.__init__ (after the model exists): LoRA's A matrices are
     # drawn while the model is built, and two runs with one --seed must start alike.
     set_seed(args.seed)
-    if data_args.verify_data:
-        verify_on_local_main(data_paths, args)
-    data = build_data(data_args, seed=args.data_seed if args.data_seed is not None else args.seed)
-    method.check_corpora(data)
-    adopt_chat_template(tokenizer, data)  # saved with every checkpoint: export prompts as trained
+    data = method.load_data(run, tokenizer)
     attn = pick_attn_implementation(model_args.attn_implementation, args.use_cpu, data_args.padding != "free")
     model = load_model(model_args, args, tokenizer, new_ids, attn, quantization=quantization, head=method.head)
-    check_data_fits(data.dataset, tokenizer, model, new_ids)
+    method.check_fits(data, tokenizer, model, new_ids)
     group_loss = method.install_loss(model, run, data.n_groups)
     collator = method.wrap_collator(make_collator(data_args.padding, data.dataset, tokenizer.pad_token_id,
                                                   is_varlen(attn), attn, data_args.pad_to_multiple_of,

@@ -76,6 +76,8 @@ class HfHookOverrides:
             args.save_only_model = only_model
         if args.should_save:
             self._write_extras(self._staging_path(run_dir, name), resumable=not only_model or self.force_resumable)
+        if not only_model or self.force_resumable:
+            self._write_rank_extras(self._staging_path(run_dir, name))
         self.accelerator.wait_for_everyone()  # every rank's shards are on disk
         if self.node_local:
             from llt.train.node_copies import share
@@ -95,6 +97,10 @@ class HfHookOverrides:
         if resume_from_checkpoint is not None and self._resume_position is not None:
             epochs, steps = self._resume_position
         return epochs, steps
+
+    def _write_rank_extras(self, folder: Path) -> None:
+        """What a method adds to a resumable checkpoint on every rank (GRPO: a generation batch
+        part-way through its iterations); nothing by default."""
 
     # ---- helpers of the overrides ----
     @staticmethod

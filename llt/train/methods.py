@@ -21,6 +21,7 @@ METHODS = {
     "dpo": "llt.train.preference.method:Preference",
     "reward": "llt.train.reward.method:Reward",
     "kto": "llt.train.kto.method:Kto",
+    "grpo": "llt.train.grpo.method:Grpo",
 }
 
 
@@ -49,6 +50,33 @@ class TrainingMethod:
     arguments: tuple[type, ...] = ()  # dataclasses of the method's own flags, parsed after the shared ones
     head = "causal"  # the model class it trains (`llt.model.loading.load_model`): "causal" or "reward"
     lora_task_type: str | None = None  # PEFT's task type, when the method needs its own
+    reads_corpora = True  # trains on `--data_path` corpora from `llt encode` (GRPO reads prompts itself)
+
+    def data_paths(self, run: RunArgs) -> list[str]:
+        """The data every rank must see alike (checked before start-up)."""
+        from llt.data.run_data import corpus_specs
+
+        return [s.path for specs in corpus_specs(run.data) for s in specs]
+
+    def load_data(self, run: RunArgs, tokenizer):
+        """The run's data (`llt.data.run_data.RunData`): the shards verified, read, checked
+        for this method, and their chat template adopted by the tokenizer."""
+        from llt.data.run_data import build_data
+        from llt.train.checks import adopt_chat_template, verify_on_local_main
+
+        args = run.train
+        if run.data.verify_data:
+            verify_on_local_main(self.data_paths(run), args)
+        data = build_data(run.data, seed=args.data_seed if args.data_seed is not None else args.seed)
+        self.check_corpora(data)
+        adopt_chat_template(tokenizer, data)  # saved with every checkpoint: export prompts as trained
+        return data
+
+    def check_fits(self, data, tokenizer, model, new_ids) -> None:
+        """Refuse data the model cannot take (ids beyond its vocabulary, samples beyond its positions)."""
+        from llt.train.checks import check_data_fits
+
+        check_data_fits(data.dataset, tokenizer, model, new_ids)
 
     def check_flags(self, run: RunArgs) -> None:
         """Refuse flag combinations the method cannot train, before any data work."""

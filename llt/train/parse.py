@@ -122,7 +122,7 @@ def unknown_flag_message(parser, remaining: list[str]) -> str:
     return f"unknown flag {name}{hint} (see --help)"
 
 
-def parse_args(argv: list[str] | None = None, extra: tuple = ()):
+def parse_args(argv: list[str] | None = None, extra: tuple = (), needs_data_path: bool = True):
     """(ModelArguments, DataArguments, LoraArguments, LltTrainingArguments, *extra) from argv;
     `extra`: more dataclasses of flags (a training method's own, such as `PreferenceArguments`)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -142,7 +142,7 @@ def parse_args(argv: list[str] | None = None, extra: tuple = ()):
     _check_eval(data_args, train_args)
     if not model_args.model_path:
         raise ConfigError("--model_path is required (a HF model folder)")
-    if not data_args.data_path:
+    if needs_data_path and not data_args.data_path:
         raise ConfigError("--data_path is required (corpus folders from `llt encode`)")
     train_args.llt_config_file = config
     train_args.cpu_world = cpu_world  # said once at start-up (llt.train.checks.check_world)
@@ -151,7 +151,7 @@ def parse_args(argv: list[str] | None = None, extra: tuple = ()):
 
 def parse_run(argv: list[str] | None, method) -> RunArgs:
     """The flags of a run under `method` (a `llt.train.methods.TrainingMethod`)."""
-    model_args, data_args, lora_args, train_args, *more = parse_args(argv, method.arguments)
+    model_args, data_args, lora_args, train_args, *more = parse_args(argv, method.arguments, method.reads_corpora)
     return RunArgs(model_args, data_args, lora_args, train_args, tuple(more))
 
 

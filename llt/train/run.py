@@ -28,7 +28,14 @@ def run(method: str, argv: list[str] | None = None) -> int:
             crashed = False
             print(f"{impl.command}: error: {e}", file=sys.stderr)
             return 2
-        rc = _train(trainer, trainer.args, impl.command)
+        try:
+            rc = _train(trainer, trainer.args, impl.command)
+        except LltError as e:
+            # Bad input met during training (a GRPO reward function that raises): one line. The
+            # rank does not wait for the others, which may be inside a collective it left.
+            trainer.preemption.on_train_end(trainer.args, trainer.state, trainer.control)  # signals as before
+            print(f"{impl.command}: error: {e}", file=sys.stderr, flush=True)
+            return 2
         crashed = False
         return rc
     except KeyboardInterrupt:

@@ -58,7 +58,7 @@ class LltTrainer(HfHookOverrides, Trainer):
             data=data_identity(self.train_dataset), plan=self.plan.identity() if self.plan else None)
 
     # ---- data ----
-    def loader(self, dataset, sampler) -> DataLoaderShard:
+    def loader(self, dataset, sampler, collate_fn=None) -> DataLoaderShard:
         """A loader over llt's rank-aware `sampler`, for training and evaluation alike.
 
         Built directly rather than through accelerator.prepare, which would shard the
@@ -71,7 +71,7 @@ class LltTrainer(HfHookOverrides, Trainer):
                      "persistent_workers": args.dataloader_persistent_workers}
         return DataLoaderShard(
             dataset, device=args.device if self.accelerator.device_placement else None,
-            batch_sampler=sampler, collate_fn=self.data_collator,
+            batch_sampler=sampler, collate_fn=collate_fn or self.data_collator,
             num_workers=args.dataloader_num_workers, pin_memory=args.dataloader_pin_memory, **extra)
 
     def get_train_dataloader(self):
@@ -138,12 +138,16 @@ class LltTrainer(HfHookOverrides, Trainer):
         self._resume_position = resume_position(ckpt, saved, self.run_shape(), self.is_deepspeed_enabled)
         return str(ckpt)
 
+    def planned_steps(self) -> int:
+        """The optimizer steps this run trains to, as HF counts them."""
+        return total_steps(self.run_shape(), self.args.num_train_epochs, self.args.max_steps)
+
     def train(self, resume_from_checkpoint=None, **kwargs):
         if resume_from_checkpoint and self._resume_position is None:
             resume_from_checkpoint = self.plan_resume(resume_from_checkpoint)
         if resume_from_checkpoint:
             done = json.loads((Path(resume_from_checkpoint) / TRAINER_STATE).read_text())["global_step"]
-            if done >= total_steps(self.run_shape(), self.args.num_train_epochs, self.args.max_steps):
+            if done >= self.planned_steps():
                 # HF would run one more step before noticing; a finished run stays finished.
                 self.already_finished = done
                 return None

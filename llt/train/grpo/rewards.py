@@ -16,6 +16,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Callable
 
+from pathlib import Path
+
 import torch
 
 from llt.errors import ConfigError, LltError
@@ -45,12 +47,61 @@ def load_reward_functions(names: list[str]) -> list[RewardFunction]:
 
     out = []
     for name in names:
+        if ":" not in name and Path(name).is_dir():  # a reward model's folder
+            out.append(RewardFunction(Path(name).name, RewardModel(name)))
+            continue
         func = user_object(name, "--reward_funcs", "function", hint)
         if not callable(func):
             raise ConfigError(f"--reward_funcs {name}: {name.rpartition(':')[2]} is a "
                               f"{type(func).__name__}, not a function")
         out.append(RewardFunction(name.rpartition(":")[2], func))
     return out
+
+
+class RewardModel:
+    """A reward model as a reward function: a folder `llt export` wrote from an `llt reward`
+    run (or a run folder / checkpoint of one, or any HF sequence-classification model with one
+    label). Each prompt + completion is scored alone at its last token, as TRL scores with a
+    reward model: chat prompts rendered with the reward model's chat template, text prompts
+    and completions concatenated."""
+
+    def __init__(self, path: str):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        folder = _model_folder(path)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--reward_funcs {path}: not a reward model folder ({type(e).__name__}: {e})") from None
+        if self.model.config.num_labels != 1:
+            raise ConfigError(f"--reward_funcs {path}: a classifier with {self.model.config.num_labels} labels; a "
+                              "reward model has one (llt reward)")
+
+    @torch.no_grad()
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        out = []
+        for p, c in zip(prompts, completions):
+            if isinstance(p, list):
+                text = self.tokenizer.apply_chat_template(p + c, tokenize=False)
+                ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+            else:
+                ids = self.tokenizer(p + c, return_tensors="pt")["input_ids"]
+            out.append(float(self.model(input_ids=ids).logits[0, 0]))
+        return out
+
+
+def _model_folder(path: str) -> str:
+    """The model in `path`: the folder itself, or a run folder's newest checkpoint."""
+    p = Path(path)
+    if (p / "config.json").is_file():
+        return str(p)
+    ckpts = sorted(p.glob("checkpoint-*"), key=lambda c: int(c.name.rpartition("-")[2]) if
+                   c.name.rpartition("-")[2].isdigit() else -1)
+    if ckpts and (ckpts[-1] / "config.json").is_file():
+        return str(ckpts[-1])
+    raise ConfigError(f"--reward_funcs {path}: a folder without a model (no config.json); export the reward "
+                      "model with llt export, or name a function as path/to/rewards.py:NAME")
 
 
 def score(funcs: list[RewardFunction], prompts: list, completions: list, completion_ids: list,
