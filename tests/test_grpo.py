@@ -615,3 +615,31 @@ def test_two_process_grpo_and_zero3(tmp_path, tiny_model_dir):
         assert len(steps) == 3 and all(math.isfinite(s["loss"]) for s in steps), (name, steps)
         lines = (folder / "completions.jsonl").read_text().splitlines()
         assert len(lines) == 3 * 2  # rank 0's generation batch (1 prompt x G = 2) at each of the 3 steps
+
+
+def test_prompts_come_from_every_source_llt_encode_reads(tmp_path, tiny_tok):
+    """JSONL, Parquet, a HF datasets folder, --dataset and a data_loader(): the same prompts and
+    fields, in order, with every column kept for the reward functions."""
+    import datasets
+
+    from llt.train.grpo.config import GrpoArguments
+    from llt.train.grpo.prompts import load_prompts
+
+    records = [{"prompt": f"what is {i} plus 1?", "answer": str(i + 1), "level": i % 3} for i in range(5)]
+    ds = datasets.Dataset.from_list(records)
+    ds.to_parquet(str(tmp_path / "p.parquet"))
+    ds.save_to_disk(str(tmp_path / "hf"))
+    ds.to_json(str(tmp_path / "p.jsonl"))
+    loader = tmp_path / "loader.py"
+    loader.write_text(f"import json\ndef data_loader():\n    yield from {records!r}\n")
+    sources = {"jsonl": dict(input_path=[str(tmp_path / "p.jsonl")]),
+               "parquet": dict(input_path=[str(tmp_path / "p.parquet")]),
+               "hf": dict(input_path=[str(tmp_path / "hf")]),
+               "dataset": dict(dataset="parquet", data_files=[str(tmp_path / "p.parquet")]),
+               "loader": dict(data_loader_path=str(loader))}
+    want = [tiny_tok(text=r["prompt"])["input_ids"] for r in records]
+    for name, kw in sources.items():
+        got = load_prompts(GrpoArguments(**kw), tiny_tok)
+        assert got.prompt_ids == want, name
+        assert got.fields([0, 4], "prompt") == {"answer": ["1", "5"], "level": [0, 1]}, name
+        assert not got.conversational

@@ -38,12 +38,12 @@ def pyplot():
     return plt
 
 
-def draw_curves(ax, train_x, train_y, eval_x, eval_y, label: str = "") -> None:
-    """One run's training loss as a line and its eval loss as markers in the same colour."""
+def draw_curves(ax, train_x, train_y, eval_x, eval_y, label: str = "", metric: str = "loss") -> None:
+    """One run's training `metric` as a line and its eval one as markers in the same colour."""
     prefix = f"{label} " if label else ""
-    line, = ax.plot(train_x, train_y, label=f"{prefix}train loss", lw=1.2)
+    line, = ax.plot(train_x, train_y, label=f"{prefix}train {metric}", lw=1.2)
     if eval_x:
-        ax.plot(eval_x, eval_y, "o--", color=line.get_color(), ms=4, label=f"{prefix}eval loss")
+        ax.plot(eval_x, eval_y, "o--", color=line.get_color(), ms=4, label=f"{prefix}eval {metric}")
 
 
 def finish_axes(ax, xlabel: str, logy: bool = False) -> None:

@@ -55,7 +55,7 @@ def plot_runs(runs: list[str], out: str | Path, x: str = "tokens", labels: list[
             raise PlotError(f"{run}: {e}") from None
         if not tx and not ex:
             raise PlotError(f"{run}: no {metric} logged yet")
-        draw_curves(ax, tx, ty, ex, ey, label)
+        draw_curves(ax, tx, ty, ex, ey, label, metric)
     finish_axes(ax, "input tokens seen" if x == "tokens" else "optimizer step", logy)
     ax.set_ylabel(metric)
     fig.tight_layout()
