@@ -643,3 +643,19 @@ def test_prompts_come_from_every_source_llt_encode_reads(tmp_path, tiny_tok):
         assert got.prompt_ids == want, name
         assert got.fields([0, 4], "prompt") == {"answer": ["1", "5"], "level": [0, 1]}, name
         assert not got.conversational
+
+
+def test_an_epoch_drops_the_prompts_that_do_not_fill_a_generation_batch(tmp_path, tiny_model_dir, capsys):
+    """5 prompts, 2 a generation batch: 2 steps an epoch (the fifth prompt waits for the next
+    epoch's order, as TRL drops it); fewer prompts than one batch is refused in one line."""
+    import json
+
+    assert _grpo(tmp_path / "a", tiny_model_dir, "--max_epochs", "2", "--log_completions_steps", "1",
+                 records=MORE[:5], rewards_text=SHORT, funcs=("short",)) == 0
+    run = _run(tmp_path / "a")
+    assert sorted(_history(run)) == [1, 2, 3, 4]
+    lines = [json.loads(x) for x in (run / "completions.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 * 2 * 2  # 4 generation batches of 2 prompts x G
+    assert _grpo(tmp_path / "b", tiny_model_dir, "--max_steps", "1", records=MORE[:1], rewards_text=SHORT,
+                 funcs=("short",)) == 2
+    assert "1 prompts, fewer than one generation batch takes (2: 2 a rank x 1 ranks)" in capsys.readouterr().err

@@ -138,7 +138,8 @@ class VllmServerGenerator(Generator):
             try:
                 from trl.generation.vllm_client import VLLMClient
             except ImportError as e:
-                raise ConfigError(f"--use_vllm: TRL's vLLM client is needed (pip install trl requests); {e}") from None
+                raise ConfigError("--use_vllm: TRL's vLLM client is needed (pip install -e \".[vllm_client]\"); "
+                                  f"{e}") from None
             client = VLLMClient(base_url=args.vllm_server_base_url, connection_timeout=60)
             if accelerator is None or accelerator.is_main_process:
                 client.init_communicator(device=torch.cuda.current_device() if torch.cuda.is_available() else 0)

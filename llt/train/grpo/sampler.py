@@ -2,7 +2,9 @@
 (`llt.data.sampler.EpochBatchSampler`, one batch = one rank's prompts of a generation
 batch), each batch yielded once per micro-step that trains on its completions
 (`gradient_accumulation_steps x num_iterations`), as TRL's RepeatSampler does. The trainer
-generates on the first and slices the rest from its buffer.
+generates on the first and slices the rest from its buffer. An epoch's last batch, when the
+prompts left do not fill one on every rank, is dropped (as TRL drops it): a generation
+batch is whole groups on every rank, or none.
 
 The position a checkpoint records is in micro-steps, so a resumed run draws the same prompts
 in the same order, including part-way through a generation batch's iterations.
@@ -22,6 +24,8 @@ class RepeatedBatches:
         >>> s = RepeatedBatches(EpochBatchSampler(4, 2, shuffle=False), repeat=2)
         >>> list(s), len(s)
         ([[0, 1], [0, 1], [2, 3], [2, 3]], 4)
+        >>> list(RepeatedBatches(EpochBatchSampler(5, 2, shuffle=False), repeat=1))  # prompt 4 is left out
+        [[0, 1], [2, 3]]
         >>> s.resume_at(0, 3); list(s)
         [None, None, None, [2, 3]]
     """
@@ -37,8 +41,13 @@ class RepeatedBatches:
     def set_epoch(self, epoch: int) -> None:
         self.base.set_epoch(epoch)
 
+    @property
+    def batches(self) -> int:
+        """Whole generation batches per epoch."""
+        return self.base.n // self.base.global_batch
+
     def __len__(self) -> int:
-        return len(self.base) * self.repeat
+        return self.batches * self.repeat
 
     def resume_at(self, epoch: int, step: int) -> None:
         self._resume = (int(epoch), int(step))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -80,11 +81,16 @@ class GrpoTrainer(LltTrainer):
     def planned_steps(self) -> int:
         if self.args.max_steps > 0:
             return self.args.max_steps
-        batches = -(-len(self.train_dataset) // (self.prompts_per_rank * self.args.world_size))
-        return int(-(-self.args.num_train_epochs * batches * self.grpo.num_iterations // 1))
+        batches = len(self.train_dataset) // (self.prompts_per_rank * self.args.world_size)  # whole ones only
+        return math.ceil(self.args.num_train_epochs * batches * self.grpo.num_iterations)
 
     def get_train_dataloader(self):
         shape = self.run_shape()
+        need = self.prompts_per_rank * shape.world_size
+        if len(self.train_dataset) < need:
+            raise ConfigError(f"{len(self.train_dataset)} prompts, fewer than one generation batch takes ({need}: "
+                              f"{self.prompts_per_rank} a rank x {shape.world_size} ranks); give more prompts or "
+                              "lower --per_device_train_batch_size x --gradient_accumulation_steps")
         base = EpochBatchSampler(len(self.train_dataset), self.prompts_per_rank, world_size=shape.world_size,
                                  rank=self.args.process_index, shuffle=self.shuffle_data, seed=shape.seed)
         self.sampler = RepeatedBatches(base, self.period, {"num_generations": self.grpo.num_generations,
